@@ -44,6 +44,86 @@ def main() -> None:
 
 # --- data commands (msdn_tune.data) -------------------------------------------------------------
 
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _print_store_summary(info: dict) -> None:
+    grid = f" (grid {info['grid'][0]}x{info['grid'][1]})" if info["grid"] else ""
+    word = f"yes, dim {info['word_dim']}" if info["word_vectors"] else "no"
+    lines = [
+        ("path", info["path"]),
+        ("dataset", info["dataset"]),
+        ("source", info["source"]),
+        ("format version", info["format_version"]),
+        ("created", info["created"]),
+        ("features", f"{info['n_images']} x {info['channels']} x {info['regions']}{grid}"),
+        ("dtype", info["dtype"]),
+        ("bytes", f"{_human_bytes(info['feature_bytes'])} ({info['file_bytes']} on disk)"),
+        (
+            "classes",
+            f"{info['n_classes']} ({info['n_seen']} seen / {info['n_unseen']} unseen; validation "
+            f"{info['n_val_seen']} seen / {info['n_val_unseen']} unseen)",
+        ),
+        ("attributes", info["n_attributes"]),
+        ("word vectors", word),
+        ("splits", ", ".join(f"{k} {v}" for k, v in info["split_sizes"].items())),
+    ]
+    for key, value in lines:
+        click.echo(f"{key + ':':<16}{value}")
+
+
+@main.group()
+def data() -> None:
+    """Benchmark stores: generate synthetic ones, inspect any."""
+
+
+@data.command("synth")
+@click.option("--preset", required=True, help="Synthetic preset: tiny, demo or cub-like.")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Store directory to create."
+)
+@click.option("--seed", type=int, default=None, help="Seed (default: the preset's).")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16")
+@click.option("--force", is_flag=True, help="Replace an existing store at --out.")
+def data_synth(preset: str, out: str, seed: int | None, dtype: str, force: bool) -> None:
+    """Generate a deterministic synthetic ZSL benchmark store."""
+    from msdn_tune.data.store import BenchmarkStore
+    from msdn_tune.data.synth import generate
+
+    path = generate(preset, out, seed=seed, dtype=dtype, force=force, progress=True)
+    with BenchmarkStore.open(path) as store:
+        click.echo(str(path))
+        _print_store_summary(store.summary())
+
+
+@data.command("info")
+@click.argument("benchmark")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--verify", is_flag=True, help="Also read all features and check their CRC-32.")
+def data_info(benchmark: str, as_json: bool, verify: bool) -> None:
+    """Describe a benchmark store (a directory or a preset name such as 'demo')."""
+    import json
+
+    from msdn_tune.data.resolve import open_benchmark
+
+    with open_benchmark(benchmark) as store:
+        if verify:
+            store.verify()
+        info = store.summary()
+        if as_json:
+            click.echo(json.dumps(info, indent=1))
+        else:
+            _print_store_summary(info)
+            if verify:
+                click.echo(f"{'verified:':<16}feature CRC-32 matches meta.json")
+
 # --- train / evaluate commands (msdn_tune.train) ------------------------------------------------
 
 
@@ -79,6 +159,30 @@ def evaluate_cmd(checkpoint: str, data: str, settings: tuple[str, ...]) -> None:
 
 # --- search commands (msdn_tune.space, msdn_tune.tune) ------------------------------------------
 
+
+@main.group("space")
+def space_group() -> None:
+    """Check and inspect search-space files (search_spaces/*.yaml)."""
+
+
+@space_group.command("validate")
+@click.argument("file")
+def space_validate_cmd(file: str) -> None:
+    """Validate FILE and print a one-line summary (exit 2 with the key path if invalid)."""
+    from msdn_tune.space import load_space
+
+    click.echo(f"ok: {load_space(file).summary()}")
+
+
+@space_group.command("show")
+@click.argument("file")
+def space_show_cmd(file: str) -> None:
+    """Print FILE resolved: defaults filled in, ${VAR} expanded, paths made absolute."""
+    from msdn_tune.space import load_space
+
+    click.echo(load_space(file).to_yaml(), nl=False)
+
+
 # (study commands: run, results, best, report, reproduce)
 
 
@@ -104,16 +208,19 @@ def run_cmd(space_file: str, num_samples: int | None, max_concurrent: int | None
     """Run a hyperparameter search described by a search-space file."""
     from pathlib import Path
 
-    from rich.console import Console
-
     from msdn_tune.space import load_space
-    from msdn_tune.tune.display import print_best, print_next_steps, trials_rich_table
+    from msdn_tune.tune.display import (
+        make_console,
+        print_best,
+        print_next_steps,
+        trials_rich_table,
+    )
     from msdn_tune.tune.study import run_study
 
     space = load_space(space_file)
     space = space.with_overrides(num_samples=num_samples, max_concurrent_trials=max_concurrent,
                                  storage_path=storage_path, name=name, tracking_uri=tracking_uri)
-    console = Console()
+    console = make_console()
     out = run_study(space, space_file=Path(space_file).resolve(), address=address,
                     resume=resume, warm_start=warm_start, tracking_uri=tracking_uri,
                     tracking=not no_tracking, force_promote=force_promote, console=console)
@@ -140,14 +247,13 @@ def run_cmd(space_file: str, num_samples: int | None, max_concurrent: int | None
               help="Where to look for STUDY when it is a name.")
 def results_cmd(study: str, parquet_out: str | None, storage_path: str) -> None:
     """Print the trials of a study (settings, metrics, status, epochs)."""
-    from rich.console import Console
-
-    from msdn_tune.tune.display import trials_rich_table
+    from msdn_tune.tune.display import make_console, trials_rich_table
     from msdn_tune.tune.results import load_trials, study_dir, write_parquet
 
     path = study_dir(study, storage_path)
     rows = load_trials(path)
-    Console().print(trials_rich_table(rows, f"{path.name}: {len(rows)} trials (accuracies in %)"))
+    make_console().print(trials_rich_table(rows, f"{path.name}: {len(rows)} trials "
+                                                 "(accuracies in %)"))
     if parquet_out:
         click.echo(f"wrote {write_parquet(rows, parquet_out)}")
 
@@ -158,20 +264,45 @@ def results_cmd(study: str, parquet_out: str | None, storage_path: str) -> None:
               help="Where to look for STUDY when it is a name.")
 def best_cmd(study: str, storage_path: str) -> None:
     """Print the best completed trial (Pareto front when multi-objective)."""
-    from rich.console import Console
-
     from msdn_tune.space import parse_space
-    from msdn_tune.tune.display import print_best
+    from msdn_tune.tune.display import make_console, print_best
     from msdn_tune.tune.results import best_trials, load_trials, read_study_meta, study_dir
 
     path = study_dir(study, storage_path)
-    space = parse_space(read_study_meta(path)["space"], source=str(path))
+    meta = read_study_meta(path)
+    if "space" not in meta:
+        raise MsdnTuneError(f"{path}: no msdn-tune study metadata (was it made by msdn-tune run?)")
+    space = parse_space(meta["space"], source=str(path))
     rows = load_trials(path)
     objectives = [(o.metric, o.mode) for o in space.objectives]
-    print_best(best_trials(rows, objectives), Console(), space.multi_objective)
+    print_best(best_trials(rows, objectives), make_console(), space.multi_objective)
 
 
 # --- tracking commands (msdn_tune.tune.tracking) ------------------------------------------------
+
+
+@main.command("ui")
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db).",
+)
+@click.option("--port", default=5000, show_default=True, type=int, help="Port to serve on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+def ui_cmd(tracking_uri: str | None, port: int, host: str) -> None:
+    """Start the MLflow UI for the configured store (foreground, Ctrl-C to stop)."""
+    from msdn_tune.tune import tracking
+
+    uri = tracking.resolve_tracking_uri(cli=tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        tracking.check_tracking(uri)
+        click.echo(f"{uri} is already a tracking server: open it in a browser")
+        return
+    click.echo(f"starting the MLflow UI for {uri} ...")
+    code = tracking.serve_ui(
+        uri, host, port, on_ready=lambda url: click.echo(f"MLflow UI at {url} (Ctrl-C to stop)")
+    )
+    sys.exit(code)
 
 # --- cluster commands (msdn_tune.tune.cluster) --------------------------------------------------
 

@@ -1,0 +1,443 @@
+"""The MSDN++ epoch loop: batches, losses, per-epoch evaluation, model selection, checkpoints.
+
+One `Trainer` owns one run. It is driven epoch by epoch (`run_epoch`) so that the same object
+serves the CLI (`fit`), the Ray Tune trainable (report + checkpoint after every epoch) and tests.
+Everything needed to continue a run exactly where it stopped lives in `state_dict()`: model,
+optimizer, epoch, best metrics and best weights, RNG states and the config. Batch order and
+counterfactual noise are seeded per epoch from (seed, epoch), so a resumed run draws the same
+batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from msdn_tune.data.store import BenchmarkStore
+from msdn_tune.errors import ConfigError, DataError, DivergenceError
+from msdn_tune.model.losses import LossWeights, margin_vector, msdn_loss
+from msdn_tune.model.msdn import MSDN
+from msdn_tune.train.config import TrainConfig
+from msdn_tune.train.metrics import EvalLogits, evaluate_logits, tune_eval_settings
+
+CHECKPOINT_VERSION = 1
+EVAL_METRICS = ("zsl_acc", "U", "S", "H")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when available; an unavailable CUDA device is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} requested but CUDA is not available here")
+    return torch.device(name)
+
+
+def default_threads() -> int:
+    """CPU threads for torch: what the process was given (Ray sets OMP_NUM_THREADS per trial)."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast is worth using on this device."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+@dataclass
+class _Split:
+    """Which rows a run trains on and evaluates on, and which classes count as unseen."""
+
+    train: np.ndarray
+    eval_seen: np.ndarray
+    eval_unseen: np.ndarray
+    seen: np.ndarray  # classes evaluated as seen
+    unseen: np.ndarray  # classes evaluated as unseen
+    train_unseen: np.ndarray  # classes that get +margin during training (all not trained on)
+    candidates: np.ndarray | None  # classes eligible at prediction (None: all)
+
+
+def _splits(bench: BenchmarkStore, selection: str) -> tuple[_Split, _Split]:
+    """(selection split, test split). In official mode they are the same test split."""
+    all_classes = np.arange(bench.n_classes)
+    test = _Split(
+        train=bench.splits["trainval"], eval_seen=bench.splits["test_seen"],
+        eval_unseen=bench.splits["test_unseen"], seen=bench.seen_classes,
+        unseen=bench.unseen_classes,
+        train_unseen=np.setdiff1d(all_classes, bench.seen_classes), candidates=None,
+    )
+    if selection == "official":
+        return test, test
+    if len(bench.splits["val_unseen"]) == 0 or len(bench.splits["val_seen"]) == 0:
+        raise DataError(f"{bench.path}: selection=clean needs val_seen and val_unseen splits, "
+                        "but this store has none")
+    seen = bench.val_seen_classes
+    unseen = bench.val_unseen_classes
+    val = _Split(
+        train=bench.splits["train"], eval_seen=bench.splits["val_seen"],
+        eval_unseen=bench.splits["val_unseen"], seen=seen, unseen=unseen,
+        train_unseen=np.setdiff1d(all_classes, seen),
+        candidates=np.union1d(seen, unseen),
+    )
+    # The test split is evaluated with the standard protocol after clean selection too: the
+    # validation classes then count as seen (they are trainval classes), as in xlsa17.
+    return val, test
+
+
+@dataclass
+class TrainResult:
+    """What a finished run returns: final metrics, per-epoch history, checkpoint location."""
+
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoint: Path | None = None
+
+
+class Trainer:
+    """One MSDN++ training run over a benchmark store."""
+
+    def __init__(self, cfg: TrainConfig, bench: BenchmarkStore) -> None:
+        self.cfg = cfg
+        self.bench = bench
+        self.device = resolve_device(cfg.device)
+        torch.set_num_threads(cfg.threads or default_threads())
+        if cfg.precision == "bf16" and not bf16_supported(self.device):
+            raise ConfigError(f"precision: bf16 is not supported on {self.device} here; use fp32")
+        self.select_split, self.test_split = _splits(bench, cfg.selection)
+        if len(self.select_split.train) == 0:
+            raise DataError(f"{bench.path}: the training split is empty")
+
+        torch.manual_seed(cfg.seed)
+        att = torch.tensor(np.array(bench.class_attributes), dtype=torch.float32)
+        vec = (None if bench.attribute_vectors is None
+               else torch.tensor(np.array(bench.attribute_vectors), dtype=torch.float32))
+        self.model = MSDN(
+            att, vec, bench.channels, normalize_v=cfg.normalize_v, normalize_f=cfg.normalize_f,
+            temp_ava=cfg.temp_ava, temp_vaa=cfg.temp_vaa, intervention=cfg.intervention,
+            clip_negative_att=cfg.clip_negative_att,
+        ).to(self.device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.optimizer == "rmsprop":
+            self.optimizer: torch.optim.Optimizer = torch.optim.RMSprop(
+                params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.weights = LossWeights(
+            lambda_sc=cfg.lambda_sc, lambda_d=cfg.lambda_d, lambda_causal=cfg.lambda_causal,
+            lambda_ar=cfg.lambda_ar, distill_effect=cfg.distill_effect)
+        c = bench.n_classes
+        self._m_train = margin_vector(c, self.select_split.train_unseen, cfg.margin,
+                                      device=self.device)
+        self._unseen_mask = torch.zeros(c, dtype=torch.bool, device=self.device)
+        self._unseen_mask[torch.as_tensor(self.select_split.train_unseen, dtype=torch.long)] = True
+        self._att_normed = torch.nn.functional.normalize(
+            self.model_class_attributes(), dim=1) if cfg.lambda_ar > 0 else None
+        self._labels = torch.tensor(np.array(bench.labels), dtype=torch.long)
+        self._resident = self._maybe_resident(self.select_split.train)
+
+        self.epoch = 0
+        self.best: dict[str, float] = {f"best/{k}": 0.0 for k in EVAL_METRICS}
+        self.best["best/epoch"] = 0.0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_logits: EvalLogits | None = None
+        self.history: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------------ data
+    def model_class_attributes(self) -> torch.Tensor:
+        """The class-attribute matrix the model uses (after the optional clip)."""
+        att = torch.tensor(np.array(self.bench.class_attributes), dtype=torch.float32,
+                           device=self.device)
+        return att.clamp_min(0) if self.cfg.clip_negative_att else att
+
+    def _maybe_resident(self, rows: np.ndarray) -> torch.Tensor | None:
+        """On GPU, keep the training split on the device when it fits: no host-side bottleneck."""
+        if self.device.type != "cuda":
+            return None
+        need = len(rows) * self.bench.channels * self.bench.regions * 2
+        free, _total = torch.cuda.mem_get_info(self.device)
+        if need > 0.4 * free:
+            return None
+        chunks = [self.bench.gather(rows[i:i + 1024]).to(self.device, torch.float16)
+                  for i in range(0, len(rows), 1024)]
+        return torch.cat(chunks)
+
+    def _batches(self, epoch: int) -> Iterator[np.ndarray]:
+        """Positions into the training split for each batch of one epoch (seeded by epoch)."""
+        rng = np.random.default_rng([self.cfg.seed, epoch])
+        rows = self.select_split.train
+        n, bs = len(rows), self.cfg.batch_size
+        if self.cfg.sampler == "uniform":
+            order = rng.permutation(n)
+            for i in range(0, n, bs):
+                batch = order[i:i + bs]
+                if len(batch) >= 2 or n < 2:
+                    yield batch
+            return
+        # Class-balanced: each batch holds min(bs, #classes) distinct classes, one image each
+        # (the published SUN/AWA2 sampler); as many batches as a uniform epoch would have.
+        labels = self.bench.labels[rows]
+        classes = np.unique(labels)
+        by_class = {c: np.flatnonzero(labels == c) for c in classes}
+        per = min(bs, len(classes))
+        for _ in range(max(1, math.ceil(n / per))):
+            chosen = rng.choice(classes, size=per, replace=False)
+            yield np.array([rng.choice(by_class[c]) for c in chosen])
+
+    def _features(self, pos: np.ndarray, rows: np.ndarray, resident: bool) -> torch.Tensor:
+        if resident and self._resident is not None:
+            return self._resident[torch.as_tensor(pos, device=self.device)].float()
+        x = self.bench.gather(rows[pos])
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device, torch.float32)
+
+    def _autocast(self) -> Any:
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    # ------------------------------------------------------------------ epochs
+    def train_epoch(self, progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+        """One pass over the training split; returns mean loss components as `train/*`."""
+        self.model.train()
+        epoch = self.epoch + 1
+        torch.manual_seed(self.cfg.seed * 100003 + epoch)
+        rows = self.select_split.train
+        batches = list(self._batches(epoch))
+        sums: dict[str, float] = {}
+        for step, pos in enumerate(batches, 1):
+            x = self._features(pos, rows, resident=True)
+            y = self._labels[torch.as_tensor(rows[pos])].to(self.device)
+            with self._autocast():
+                out = self.model(x)
+                loss, parts = msdn_loss(out, y, self._m_train, self._unseen_mask, self.weights,
+                                        self._att_normed)
+            if not torch.isfinite(loss):
+                raise DivergenceError(epoch, step, "loss")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            if progress is not None:
+                progress(step, len(batches))
+        return {f"train/{k}": v / len(batches) for k, v in sums.items()}
+
+    @torch.no_grad()
+    def logits(self, split: _Split) -> EvalLogits:
+        """Raw per-sub-net logits on a split's evaluation sets (no margin, no fusion)."""
+        self.model.eval()
+        parts = []
+        for rows in (split.eval_seen, split.eval_unseen):
+            za, zv = [], []
+            for i in range(0, len(rows), self.cfg.eval_batch_size):
+                pos = np.arange(i, min(i + self.cfg.eval_batch_size, len(rows)))
+                x = self._features(pos, rows, resident=False)
+                with self._autocast():
+                    out = self.model(x, intervene=self.cfg.kappa > 0)
+                a, v = out.z_ava.float(), out.z_vaa.float()
+                if self.cfg.kappa > 0 and out.z_ava_eff is not None:
+                    a = a + self.cfg.kappa * out.z_ava_eff.float()
+                    v = v + self.cfg.kappa * out.z_vaa_eff.float()
+                za.append(a.cpu())
+                zv.append(v.cpu())
+            z_a = torch.cat(za).numpy() if za else np.zeros((0, self.bench.n_classes), np.float32)
+            z_v = torch.cat(zv).numpy() if zv else np.zeros((0, self.bench.n_classes), np.float32)
+            if not (np.isfinite(z_a).all() and np.isfinite(z_v).all()):
+                raise DivergenceError(self.epoch, 0, "evaluation logits")
+            parts.append((z_a, z_v, self.bench.labels[rows]))
+        (sa, sv, ys), (ua, uv, yu) = parts
+        return EvalLogits(
+            z_ava_seen=sa, z_vaa_seen=sv, y_seen=ys, z_ava_unseen=ua, z_vaa_unseen=uv,
+            y_unseen=yu, seen=split.seen, unseen=split.unseen, margin=self.cfg.margin,
+            candidates=split.candidates)
+
+    def run_epoch(self, progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+        """Train one epoch, evaluate, update the best-so-far; returns this epoch's metrics."""
+        t0 = time.perf_counter()
+        metrics = self.train_epoch(progress)
+        t1 = time.perf_counter()
+        ev = self.logits(self.select_split)
+        val = evaluate_logits(ev, self.cfg.w1, self.cfg.gamma)
+        self.epoch += 1
+        metrics.update({f"val/{k}": float(val[k]) for k in EVAL_METRICS})
+        self._update_best(val, ev)
+        metrics.update(self.best)
+        metrics["epoch"] = float(self.epoch)
+        metrics["time/train_s"] = t1 - t0
+        metrics["time/eval_s"] = time.perf_counter() - t1
+        self.history.append(metrics)
+        return metrics
+
+    def _update_best(self, val: dict[str, float], ev: EvalLogits) -> None:
+        """official: best H (with its U, S) and best ZSL kept independently, as published.
+        clean: everything from the epoch with the best validation H."""
+        improved = val["H"] > self.best["best/H"] or self.best_state is None
+        if improved:
+            self.best.update({"best/H": val["H"], "best/U": val["U"], "best/S": val["S"],
+                              "best/epoch": float(self.epoch)})
+            self.best_state = {k: v.detach().to("cpu", copy=True)
+                               for k, v in self.model.state_dict().items()}
+            self.best_logits = ev
+            if self.cfg.selection == "clean":
+                self.best["best/zsl_acc"] = val["zsl_acc"]
+        if self.cfg.selection == "official":
+            self.best["best/zsl_acc"] = max(self.best["best/zsl_acc"], val["zsl_acc"])
+
+    def finish(self) -> dict[str, float]:
+        """Final metrics: best-so-far, eval-only tuning of w1/gamma, and (clean) test once."""
+        out = dict(self.best)
+        out["epoch"] = float(self.epoch)
+        if self.best_logits is not None:
+            tuned = tune_eval_settings(self.best_logits)
+            out.update({"eval/w1": tuned["w1"], "eval/gamma": tuned["gamma"],
+                        "eval/H_tuned": tuned["H"], "eval/U_tuned": tuned["U"],
+                        "eval/S_tuned": tuned["S"], "eval/ausuc": tuned.get("ausuc", 0.0)})
+        if self.cfg.selection == "clean" and self.best_state is not None:
+            current = copy.deepcopy(self.model.state_dict())
+            self.model.load_state_dict(self.best_state)
+            ev = self.logits(self.test_split)
+            self.model.load_state_dict(current)
+            test = evaluate_logits(ev, self.cfg.w1, self.cfg.gamma)
+            out.update({f"test/{k}": float(test[k]) for k in EVAL_METRICS})
+            if "eval/w1" in out:
+                tt = evaluate_logits(ev, out["eval/w1"], out["eval/gamma"])
+                out["test/H_tuned"] = float(tt["H"])
+        else:
+            out.update({f"test/{k}": out[f"best/{k}"] for k in EVAL_METRICS})
+        return out
+
+    def fit(self, on_epoch: Callable[[dict[str, float]], None] | None = None,
+            progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+        """Run the remaining epochs, then `finish()`."""
+        while self.epoch < self.cfg.epochs:
+            m = self.run_epoch(progress)
+            if on_epoch is not None:
+                on_epoch(m)
+        return self.finish()
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly (loadable with weights_only=True)."""
+        logits = None
+        if self.best_logits is not None:
+            logits = {k: torch.as_tensor(np.asarray(v)) for k, v in vars(self.best_logits).items()
+                      if isinstance(v, np.ndarray)}
+        return {
+            "version": CHECKPOINT_VERSION,
+            "config": self.cfg.to_dict(),
+            "benchmark": {"dataset": self.bench.dataset, "path": str(self.bench.path),
+                          "n_classes": self.bench.n_classes,
+                          "n_attributes": self.bench.n_attributes,
+                          "channels": self.bench.channels},
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "best": dict(self.best),
+            "best_state": self.best_state,
+            "best_logits": logits,
+            "history": list(self.history),
+            "rng": {"torch": torch.get_rng_state()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a `state_dict()`; the config must match the run's."""
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise DataError(f"checkpoint version {state.get('version')!r} is not supported "
+                            f"(expected {CHECKPOINT_VERSION})")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        self.best = {k: float(v) for k, v in state["best"].items()}
+        self.best_state = state["best_state"]
+        lg = state.get("best_logits")
+        if lg is not None:
+            self.best_logits = EvalLogits(
+                **{k: v.numpy() for k, v in lg.items()}, margin=self.cfg.margin,
+                candidates=self.select_split.candidates)
+        self.history = list(state.get("history", []))
+        torch.set_rng_state(state["rng"]["torch"])
+
+    def save(self, path: str | Path) -> Path:
+        """Write the full state atomically (temp file + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, bench: BenchmarkStore,
+                        overrides: dict[str, Any] | None = None) -> Trainer:
+        """Rebuild a trainer from a checkpoint file and continue (or evaluate) it."""
+        state = load_checkpoint(path)
+        cfg = TrainConfig.from_dict({**state["config"], **(overrides or {})})
+        trainer = cls(cfg, bench)
+        trainer.load_state_dict(state)
+        return trainer
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read one of our checkpoints safely (weights_only) with a clear error when it is not."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.exists():
+        raise DataError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise DataError(f"{path}: not a readable msdn-tune checkpoint ({exc})") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise DataError(f"{path}: not an msdn-tune checkpoint (missing model/config)")
+    return state
+
+
+def evaluate_run(trainer: Trainer, *, use_best: bool = True) -> dict[str, Any]:
+    """Test-split metrics of a run's best (or current) weights, with the calibration sweep.
+
+    Reports the configured w1/gamma, the gamma sweep (seen-unseen curve area, best-gamma H) and
+    the eval-only tuned settings, each labelled, so that published-protocol numbers and tuned
+    ones are never confused.
+    """
+    from msdn_tune.train.metrics import gamma_sweep
+
+    if use_best and trainer.best_state is not None:
+        trainer.model.load_state_dict(trainer.best_state)
+    ev = trainer.logits(trainer.test_split)
+    cfg = trainer.cfg
+    out: dict[str, Any] = {f"test/{k}": float(v)
+                           for k, v in evaluate_logits(ev, cfg.w1, cfg.gamma).items()}
+    m = margin_vector(trainer.bench.n_classes, ev.unseen, ev.margin).numpy()
+    fused_s = cfg.w1 * ev.z_ava_seen + (1 - cfg.w1) * ev.z_vaa_seen + m
+    fused_u = cfg.w1 * ev.z_ava_unseen + (1 - cfg.w1) * ev.z_vaa_unseen + m
+    sweep = gamma_sweep(fused_s, ev.y_seen, fused_u, ev.y_unseen, ev.seen, ev.unseen)
+    out["test/ausuc"] = float(sweep["ausuc"])
+    out["test/best_gamma"] = float(sweep["best_gamma"])
+    out["test/H_best_gamma"] = float(sweep["best_H"])
+    tuned = tune_eval_settings(ev)
+    out.update({"tuned/w1": tuned["w1"], "tuned/gamma": tuned["gamma"], "tuned/H": tuned["H"],
+                "tuned/U": tuned["U"], "tuned/S": tuned["S"]})
+    return out

@@ -1,0 +1,334 @@
+"""Build and run a study: Optuna (define-by-run) + ASHA under Ray Tune, tracked in MLflow.
+
+`run_study` is what `msdn-tune run` does. It is idempotent around one study folder
+(`<storage_path>/<name>`): a fresh run refuses to overwrite an existing study, `resume=True`
+restores it with Ray's `Tuner.restore` (searcher state included, hpo-notes B1) and continues to
+exactly `num_samples` trials. Ray returns normally after Ctrl-C, so completeness is checked here
+and an incomplete study is never reported as finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from msdn_tune.errors import MsdnTuneError
+from msdn_tune.space import SearchSpace
+from msdn_tune.tune.results import (
+    STUDY_FILE,
+    TRIALS_FILE,
+    TrialRow,
+    best_trials,
+    load_trials,
+    read_study_meta,
+    study_dir,
+    write_parquet,
+)
+
+log = logging.getLogger(__name__)
+
+# Ray-wide defaults for local use: no token auth on a private local instance, quiet migration
+# notes, trials keep the driver's working directory (we pass absolute paths anyway).
+# Ray's own console reporter is replaced by ours (msdn_tune.tune.progress). Checkpoints are
+# reported every epoch, so short demo epochs make Tune warn about frequent state snapshots; the
+# cost is measured by benchmarks/orchestration.py instead.
+for _k, _v in (("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0"), ("RAY_CHDIR_TO_TRIAL_DIR", "0"),
+               ("RAY_AIR_NEW_OUTPUT", "0"),
+               ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")):
+    os.environ.setdefault(_k, _v)
+
+
+@dataclass
+class StudyOutcome:
+    """What a study run produced, for printing and for tests."""
+
+    path: Path
+    complete: bool
+    rows: list[TrialRow]
+    best: list[TrialRow]
+    parent_run_id: str | None = None
+    tracking_uri: str | None = None
+    champion: dict[str, Any] | None = None
+    plots: list[Path] = field(default_factory=list)
+
+
+def init_ray(address: str | None) -> bool:
+    """Connect to (or start) Ray; returns True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address in (None, "", "local"):
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                 configure_logging=True)
+    else:
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        except ConnectionError as exc:
+            raise MsdnTuneError(f"--address {address}: cannot connect to a Ray cluster "
+                                f"({exc})") from None
+    return True
+
+
+def optuna_distributions(space: SearchSpace) -> dict[str, Any]:
+    """Optuna distributions of the searched parameters (for warm starts and plots)."""
+    import optuna
+
+    out: dict[str, Any] = {}
+    for name, p in space.params.items():
+        if p.type == "float":
+            out[name] = optuna.distributions.FloatDistribution(
+                p.low, p.high, log=bool(p.log), step=p.step)
+        elif p.type == "int":
+            out[name] = optuna.distributions.IntDistribution(
+                int(p.low), int(p.high), log=bool(p.log), step=int(p.step or 1))
+        else:
+            out[name] = optuna.distributions.CategoricalDistribution(list(p.choices))
+    return out
+
+
+def frozen_trials(space: SearchSpace, rows: list[TrialRow], *, include_pruned: bool = False
+                  ) -> list[Any]:
+    """Finished trials as Optuna FrozenTrials in this space (outside-range points skipped)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    dists = optuna_distributions(space)
+    metrics = [o.metric for o in space.objectives]
+    out = []
+    for r in rows:
+        if r.status == "completed":
+            state = TrialState.COMPLETE
+        elif r.status == "early_stopped" and include_pruned:
+            state = TrialState.PRUNED
+        else:
+            continue
+        params = {k: v for k, v in r.params.items() if k in dists and v is not None}
+        try:
+            for k, v in params.items():
+                if not dists[k]._contains(dists[k].to_internal_repr(v)):
+                    raise ValueError(k)
+            values = [r.metrics[m] for m in metrics] if state == TrialState.COMPLETE else None
+            out.append(optuna.trial.create_trial(
+                params=params, distributions={k: dists[k] for k in params},
+                values=values, state=state))
+        except (KeyError, ValueError):
+            log.warning("skipping trial %s: outside this search space", r.trial_id)
+    return out
+
+
+def optuna_study(space: SearchSpace, rows: list[TrialRow]) -> Any:
+    """An in-memory Optuna study holding a finished study's trials (for plots and reports)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directions = ["maximize" if o.mode == "max" else "minimize" for o in space.objectives]
+    study = optuna.create_study(directions=directions, study_name=space.name)
+    study.add_trials(frozen_trials(space, rows))
+    return study
+
+
+def _asha_metric(space: SearchSpace) -> tuple[str, str]:
+    """ASHA watches the first objective when it is reported every epoch, else best/H."""
+    first = space.objectives[0]
+    if first.metric.startswith(("val/", "best/")):
+        return first.metric, first.mode
+    return "best/H", "max"
+
+
+def build_tuner(space: SearchSpace, static: Any, *, exp_dir: Path, resume: bool,
+                warm_rows: list[TrialRow] | None, console: Console) -> Any:
+    """The Tuner for a new study, or the restored one for `resume`."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from msdn_tune.space import define_by_run, make_sampler
+    from msdn_tune.tune.progress import StudyProgress
+    from msdn_tune.tune.searcher import MsdnOptunaSearch
+    from msdn_tune.tune.trainable import make_trainable
+
+    resources = {k: v for k, v in space.resources.items() if v}
+    trainable = tune.with_resources(make_trainable(static), resources or {"cpu": 1})
+    if resume:
+        return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=False)
+    metrics = [o.metric for o in space.objectives]
+    modes = [o.mode for o in space.objectives]
+    searcher = MsdnOptunaSearch(
+        space=define_by_run(space), metric=metrics if len(metrics) > 1 else metrics[0],
+        mode=modes if len(modes) > 1 else modes[0], sampler=make_sampler(space))
+    if warm_rows:
+        trials = frozen_trials(space, warm_rows)
+        searcher._ot_study.add_trials(trials)
+        console.print(f"warm start: {len(trials)} completed trials given to the sampler")
+    sched = None
+    if space.scheduler.get("type", "asha") == "asha":
+        metric, mode = _asha_metric(space)
+        sched = ASHAScheduler(
+            time_attr="epoch", metric=metric, mode=mode,
+            max_t=int(space.scheduler.get("max_t") or space.fixed.get("epochs", 30)),
+            grace_period=int(space.scheduler.get("grace_period", 1)),
+            reduction_factor=float(space.scheduler.get("reduction_factor", 2)))
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=sched, num_samples=space.num_samples,
+            max_concurrent_trials=space.max_concurrent_trials, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=space.name, storage_path=str(exp_dir.parent),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
+            failure_config=tune.FailureConfig(max_failures=2),
+            callbacks=[StudyProgress(space.num_samples, metrics[0], modes[0])],
+            verbose=0),
+    )
+
+
+def _save_meta(exp_dir: Path, meta: dict[str, Any]) -> None:
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = exp_dir / (STUDY_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, default=str))
+    tmp.replace(exp_dir / STUDY_FILE)
+
+
+def run_study(space: SearchSpace, *, space_file: Path | None = None, address: str | None = None,
+              resume: bool = False, warm_start: str | None = None,
+              tracking_uri: str | None = None, tracking: bool = True,
+              force_promote: bool = False, console: Console | None = None) -> StudyOutcome:
+    """Run (or resume) a study to num_samples trials; see the module docstring."""
+    from ray import tune
+
+    from msdn_tune.data.resolve import resolve_benchmark
+    from msdn_tune.tune.trainable import TrialStatic
+
+    console = console or Console()
+    storage = Path(space.storage_path).expanduser().resolve()
+    exp_dir = storage / space.name
+    meta = read_study_meta(exp_dir) if exp_dir.exists() else {}
+    if resume:
+        if not tune.Tuner.can_restore(str(exp_dir)):
+            raise MsdnTuneError(f"--resume: no study to resume at {exp_dir} "
+                                "(run it once without --resume)")
+    elif exp_dir.exists() and (meta or list(exp_dir.glob("experiment_state-*.json"))):
+        raise MsdnTuneError(f"study {space.name!r} already exists at {exp_dir}; continue it with "
+                            "--resume, or choose another --name")
+    warm_rows = load_trials(study_dir(warm_start, storage)) if warm_start else None
+
+    data_path = str(resolve_benchmark(space.data))
+    t0 = time.time()
+    uri = parent = exp_id = None
+    tracker = None
+    if tracking:
+        from msdn_tune.tune.tracking import StudyTracker, check_tracking, resolve_tracking_uri
+
+        uri = resolve_tracking_uri(tracking_uri, (space.tracking or {}).get("uri"))
+        check_tracking(uri)
+        experiment = (space.tracking or {}).get("experiment") or space.name
+        tracker = StudyTracker(uri, experiment)
+        parent = tracker.start(
+            space.name, parent_run_id=meta.get("parent_run_id"), space_file=space_file,
+            resolved_config=space.to_dict(),
+            search_settings={"sampler": space.sampler, "scheduler": space.scheduler,
+                             "num_samples": space.num_samples,
+                             "max_concurrent_trials": space.max_concurrent_trials})
+        exp_id = tracker.experiment_id
+        if resume:
+            closed = tracker.close_stale_children()
+            if closed:
+                console.print(f"closed {closed} trial run(s) left RUNNING as KILLED")
+    _save_meta(exp_dir, {
+        **meta, "name": space.name, "space_file": str(space_file) if space_file else None,
+        "space": space.to_dict(), "data_path": data_path, "tracking_uri": uri,
+        "experiment_id": exp_id, "parent_run_id": parent,
+        "created": meta.get("created", time.strftime("%Y-%m-%dT%H:%M:%S")),
+        "command": " ".join(shlex.quote(a) for a in sys.argv)})
+
+    started = init_ray(address)
+    try:
+        static = TrialStatic(data_path=data_path, fixed=dict(space.fixed), study=space.name,
+                             tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent)
+        tuner = build_tuner(space, static, exp_dir=exp_dir, resume=resume, warm_rows=warm_rows,
+                            console=console)
+        console.print(f"study {space.name}: {space.num_samples} trials, "
+                      f"{space.max_concurrent_trials} at a time → {exp_dir}")
+        grid = tuner.fit()
+        finished = grid.num_terminated + grid.num_errors
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    rows = load_trials(exp_dir)
+    complete = finished >= space.num_samples and len(rows) >= space.num_samples
+    write_parquet(rows, exp_dir / TRIALS_FILE)
+    objectives = [(o.metric, o.mode) for o in space.objectives]
+    best = best_trials(rows, objectives)
+    outcome = StudyOutcome(path=exp_dir, complete=complete, rows=rows, best=best,
+                           parent_run_id=parent, tracking_uri=uri)
+    if tracker is not None:
+        _finish_tracking(tracker, space, outcome, force_promote, console)
+    meta = read_study_meta(exp_dir)
+    meta.update({"complete": complete, "wall_s": meta.get("wall_s", 0.0) + time.time() - t0})
+    _save_meta(exp_dir, meta)
+    return outcome
+
+
+def _finish_tracking(tracker: Any, space: SearchSpace, outcome: StudyOutcome,
+                     force_promote: bool, console: Console) -> None:
+    """Parent-run summary, plots, and the champion model (complete studies only)."""
+    from msdn_tune.tune.tracking import study_plots
+
+    exp_dir = outcome.path
+    artifacts = [exp_dir / TRIALS_FILE]
+    if outcome.complete:
+        try:
+            outcome.plots = study_plots(optuna_study(space, outcome.rows), exp_dir / "plots",
+                                        objective_names=[o.metric for o in space.objectives])
+        except Exception as exc:  # noqa: BLE001 - plots are a convenience, never fatal
+            console.print(f"[yellow]warning: plots failed: {exc}[/yellow]")
+        artifacts += outcome.plots
+        if outcome.best and len(space.objectives) == 1:
+            data_path = read_study_meta(exp_dir).get("data_path") or space.data
+            outcome.champion = promote_best(tracker.uri, space, outcome.best[0], data_path,
+                                            force_promote=force_promote)
+    best = outcome.best[0] if outcome.best else None
+    tracker.finish(best_metrics=best.metrics if best else None,
+                   best_trial_id=best.trial_id if best else None, artifacts=artifacts,
+                   status="FINISHED" if outcome.complete else "KILLED")
+
+
+def promote_best(uri: str, space: SearchSpace, best: TrialRow, data_path: str, *,
+                 force_promote: bool = False) -> dict[str, Any] | None:
+    """Log the best completed trial's model and make it champion if it beats the current one."""
+    from msdn_tune.data.resolve import open_benchmark
+    from msdn_tune.train.config import TrainConfig
+    from msdn_tune.train.trainer import Trainer, load_checkpoint
+    from msdn_tune.tune.tracking import log_champion
+    from msdn_tune.tune.trainable import STATE_FILE
+
+    if not best.checkpoint or not best.mlflow_run_id:
+        return None
+    state = load_checkpoint(Path(best.checkpoint) / STATE_FILE)
+    cfg = TrainConfig.from_dict(state["config"])
+    bench = open_benchmark(data_path)
+    trainer = Trainer(cfg, bench)
+    trainer.load_state_dict(state)
+    if trainer.best_state is not None:
+        trainer.model.load_state_dict(trainer.best_state)
+    model = trainer.model.cpu().eval()
+    model.msdn_tune_config = cfg.to_dict()
+    metric, mode = space.objectives[0].metric, space.objectives[0].mode
+    return log_champion(
+        uri, model=model, dataset=cfg.dataset, study=space.name, trial_id=best.trial_id,
+        run_id=best.mlflow_run_id, metric=metric, value=best.metrics[metric], mode=mode,
+        checkpoint=best.checkpoint, extra_tags={"benchmark": bench.dataset},
+        force_promote=force_promote)

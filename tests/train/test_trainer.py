@@ -1,0 +1,136 @@
+"""Trainer: learning on the tiny preset, exact resume, divergence, selection modes, config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from msdn_tune.data.resolve import open_benchmark
+from msdn_tune.errors import ConfigError, DivergenceError
+from msdn_tune.train.config import TrainConfig
+from msdn_tune.train.trainer import Trainer, load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return open_benchmark("tiny")
+
+
+def _cfg(**kw):
+    base = dict(dataset="synthetic", epochs=4, lr=1e-3, device="cpu", threads=1, seed=3)
+    base.update(kw)
+    return TrainConfig.from_dict(base)
+
+
+def test_short_run_learns_far_above_chance(tiny):
+    trainer = Trainer(_cfg(epochs=6), tiny)
+    final = trainer.fit()
+    chance = 1.0 / len(tiny.unseen_classes)
+    assert final["best/zsl_acc"] > 3 * chance, final
+    assert final["best/H"] > 0.0
+    assert len(trainer.history) == 6
+    for key in ("train/loss", "train/loss_ce", "val/zsl_acc", "val/U", "val/S", "val/H",
+                "best/H", "epoch", "eval/H_tuned"):
+        assert key in trainer.history[-1] or key in final, key
+    # The loss went down over training.
+    assert trainer.history[-1]["train/loss"] < trainer.history[0]["train/loss"]
+
+
+def test_resume_equals_uninterrupted(tiny, tmp_path):
+    cfg = _cfg(epochs=4, intervention="random", lambda_causal=0.5)
+    straight = Trainer(cfg, tiny)
+    straight.fit()
+
+    first = Trainer(cfg, tiny)
+    first.run_epoch()
+    first.run_epoch()
+    path = first.save(tmp_path / "checkpoint.pt")
+    del first
+    resumed = Trainer.from_checkpoint(path, tiny)
+    assert resumed.epoch == 2
+    resumed.fit()
+    for a, b in zip(straight.history, resumed.history, strict=True):
+        for key in a:
+            if key.startswith("time/"):
+                continue
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), key
+    for (ka, va), (kb, vb) in zip(straight.model.state_dict().items(),
+                                  resumed.model.state_dict().items(), strict=True):
+        assert ka == kb
+        assert torch.allclose(va, vb, atol=1e-6), ka
+
+
+def test_checkpoint_is_weights_only_loadable(tiny, tmp_path):
+    t = Trainer(_cfg(epochs=1), tiny)
+    t.run_epoch()
+    p = t.save(tmp_path / "c.pt")
+    state = torch.load(p, weights_only=True)
+    assert state["epoch"] == 1 and "model" in state and "optimizer" in state
+    assert load_checkpoint(tmp_path / "c.pt")["config"]["epochs"] == 1
+
+
+def test_divergence_raises_specific_error(tmp_path):
+    from msdn_tune.data.store import BenchmarkStore, StoreWriter
+
+    src = open_benchmark("tiny")
+    out = tmp_path / "nan-store"
+    with StoreWriter(out, n_images=src.n_images, channels=src.channels, regions=src.regions,
+                     dtype="float32") as w:
+        feats = src.gather(np.arange(src.n_images)).float().numpy()
+        feats[src.splits["trainval"][:5]] = np.nan  # a corrupt feature map in the training data
+        w.write(feats)
+        w.finish(labels=src.labels, splits=src.splits, class_attributes=src.class_attributes,
+                 attribute_vectors=src.attribute_vectors, class_names=src.class_names,
+                 attribute_names=src.attribute_names, dataset="synthetic:nan", source="test")
+    bad = BenchmarkStore.open(out)
+    with pytest.raises(DivergenceError) as info:
+        Trainer(_cfg(epochs=2, batch_size=512), bad).fit()
+    assert info.value.epoch == 1
+
+
+def test_clean_selection_touches_test_once(tiny):
+    trainer = Trainer(_cfg(epochs=3, selection="clean"), tiny)
+    final = trainer.fit()
+    for key in ("test/zsl_acc", "test/U", "test/S", "test/H", "best/H"):
+        assert key in final
+    # Selection happened on validation classes, not the test classes.
+    assert set(trainer.select_split.unseen) == set(tiny.val_unseen_classes)
+    assert not set(trainer.select_split.unseen) & set(tiny.unseen_classes)
+
+
+def test_balanced_sampler_draws_distinct_classes(tiny):
+    trainer = Trainer(_cfg(sampler="balanced", batch_size=8), tiny)
+    rows = trainer.select_split.train
+    for pos in list(trainer._batches(1))[:5]:
+        labels = tiny.labels[rows[pos]]
+        assert len(set(labels.tolist())) == len(labels) == 8
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"lrr": 1e-3}, "lrr"),
+    ({"lr": -1.0}, "lr"),
+    ({"lr": "fast"}, "lr"),
+    ({"epochs": 0}, "epochs"),
+    ({"momentum": 1.0}, "momentum"),
+    ({"optimizer": "sgd"}, "optimizer"),
+    ({"intervention": "dropout"}, "intervention"),
+    ({"lambda_causal": 1.0, "intervention": "none"}, "lambda_causal"),
+    ({"normalize_v": "maybe"}, "normalize_v"),
+    ({"device": "tpu"}, "device"),
+    ({"dataset": "imagenet"}, "dataset"),
+])
+def test_config_rejects_with_key_in_message(values, key):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict(values)
+    assert str(info.value).startswith(key)
+
+
+def test_published_defaults():
+    cub, sun, awa2 = (TrainConfig.for_dataset(d) for d in ("cub", "sun", "awa2"))
+    assert (cub.optimizer, cub.lr, cub.weight_decay, cub.momentum) == ("rmsprop", 1e-4, 1e-4, 0.9)
+    assert (cub.lambda_sc, cub.lambda_d, cub.epochs, cub.w1) == (0.1, 1e-3, 30, 0.9)
+    assert (sun.sampler, sun.lambda_sc, sun.lambda_d, sun.epochs, sun.w1) == \
+        ("balanced", 1e-4, 1e-2, 70, 0.7)
+    assert (awa2.momentum, awa2.normalize_v, awa2.w1, awa2.clip_negative_att) == \
+        (0.0, True, 1.0, True)

@@ -1,0 +1,165 @@
+"""End to end: the real `msdn-tune run` CLI through real Ray, Optuna, ASHA and MLflow (SQLite)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+CLI = [sys.executable, "-m", "msdn_tune.cli"]
+
+
+def _space(tmp: Path, name: str, **over) -> Path:
+    doc = {
+        "version": 1,
+        "name": name,
+        "data": "tiny",
+        "fixed": {"dataset": "synthetic", "epochs": 4, "device": "cpu"},
+        "params": {
+            "lr": {"type": "float", "low": 3e-4, "high": 3e-3, "log": True},
+            "lambda_d": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+            "intervention": {"type": "categorical", "choices": ["none", "random"]},
+            "lambda_causal": {"type": "float", "low": 0.1, "high": 1.0,
+                              "when": {"intervention": ["random"]}},
+        },
+        "objective": {"metric": "best/H", "mode": "max"},
+        "sampler": {"type": "tpe", "seed": 0, "n_startup_trials": 2},
+        "scheduler": {"type": "asha", "grace_period": 1, "max_t": 4, "reduction_factor": 2},
+        "num_samples": 8,
+        "max_concurrent_trials": 2,
+        "resources": {"cpu": 1},
+        "storage_path": str(tmp / "results"),
+    }
+    doc.update(over)
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _run(args, env_extra=None, **kw):
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **(env_extra or {})}
+    return subprocess.run(CLI + args, capture_output=True, text=True, env=env, **kw)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, ray_address):
+    """One tiny study shared by the assertions below."""
+    tmp = tmp_path_factory.mktemp("study")
+    space = _space(tmp, "e2e")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    res = _run(["run", "--space", str(space), "--address", ray_address, "--tracking-uri", uri],
+               cwd=tmp, timeout=600)
+    return tmp, res, uri
+
+
+def test_run_completes_and_prints_next_steps(study):
+    tmp, res, _ = study
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = res.stdout
+    assert "best completed trial" in out
+    assert "results:" in out and "--resume" in out and "retrain best: msdn-tune train" in out
+
+
+def test_parquet_has_one_row_per_trial_and_asha_stopped_some(study):
+    tmp, res, _ = study
+    table = pq.read_table(tmp / "results" / "e2e" / "trials.parquet").to_pylist()
+    assert len(table) == 8
+    assert len({r["trial_id"] for r in table}) == 8
+    statuses = [r["status"] for r in table]
+    assert "completed" in statuses
+    assert "early_stopped" in statuses, statuses  # ASHA stopped at least one
+    for r in table:
+        if r["status"] == "early_stopped":
+            assert r["epochs_run"] < r["epochs_total"]
+        if r["status"] == "completed":
+            assert r["epochs_run"] == r["epochs_total"] == 4
+        # Conditional parameter: lambda_causal exists only with an intervention.
+        if r["intervention"] == "none":
+            assert r.get("lambda_causal") is None
+        else:
+            assert 0.1 <= r["lambda_causal"] <= 1.0
+
+
+def test_results_and_best_commands(study):
+    tmp, _, _ = study
+    res = _run(["results", str(tmp / "results" / "e2e"), "--parquet", str(tmp / "t.parquet")])
+    assert res.returncode == 0, res.stderr
+    assert pq.read_table(tmp / "t.parquet").num_rows == 8
+    best = _run(["best", "e2e", "--storage-path", str(tmp / "results")])
+    assert best.returncode == 0, best.stderr
+    assert "checkpoint:" in best.stdout
+
+
+def test_mlflow_has_parent_and_one_child_per_trial(study):
+    from mlflow.tracking import MlflowClient
+
+    tmp, _, uri = study
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1
+    assert len(children) == 8
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert all(r.info.status != "RUNNING" for r in runs)
+    trial_ids = {r.data.tags.get("msdn_tune.trial_id") for r in children}
+    assert len(trial_ids) == 8
+    some = children[0]
+    hist = client.get_metric_history(some.info.run_id, "val/H")
+    assert [m.step for m in hist] == list(range(1, len(hist) + 1))
+    assert "lr" in some.data.params
+
+
+def test_resume_after_killing_the_driver(tmp_path, ray_address):
+    """Kill the driver mid-study, resume: exactly num_samples trials, no duplicates."""
+    space = _space(tmp_path, "killed", num_samples=6, scheduler={"type": "none"},
+                   fixed={"dataset": "synthetic", "epochs": 6, "device": "cpu"})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["run", "--space", str(space), "--address", ray_address, "--tracking-uri", uri]
+    proc = subprocess.Popen(CLI + args, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    exp = tmp_path / "results" / "killed"
+    deadline = time.time() + 300
+    # Wait until at least two trials have reported checkpoints, then kill the driver hard.
+    while time.time() < deadline:
+        if len(list(exp.glob("*/checkpoint_000001"))) >= 2:
+            break
+        if proc.poll() is not None:
+            pytest.fail("driver ended before it could be killed: " + proc.stdout.read().decode())
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    res = _run(args + ["--resume"], cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = pq.read_table(exp / "trials.parquet").to_pylist()
+    assert len(rows) == 6
+    assert len({r["trial_id"] for r in rows}) == 6
+    assert all(r["status"] == "completed" for r in rows), [r["status"] for r in rows]
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    e = client.get_experiment_by_name("killed")
+    runs = client.search_runs([e.experiment_id], max_results=1000)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len([r for r in runs if "mlflow.parentRunId" not in r.data.tags]) == 1
+    assert len(children) == 6, [r.data.tags.get("msdn_tune.trial_id") for r in children]
+    assert all(r.info.status != "RUNNING" for r in runs)
+
+
+def test_existing_study_is_not_overwritten(study):
+    tmp, _, uri = study
+    res = _run(["run", "--space", str(tmp / "e2e.yaml"), "--tracking-uri", uri], cwd=tmp)
+    assert res.returncode == 2
+    assert "already exists" in res.stderr and "Traceback" not in res.stderr
