@@ -137,9 +137,9 @@ def test_dataset_space_is_centred_on_the_published_recipe(dataset):
 def test_demo_space_is_small_and_cpu_only():
     space = load_space(SPACES / "demo.yaml")
     assert space.data == "demo" and space.fixed["dataset"] == "synthetic"
-    assert space.num_samples <= 10 and space.max_concurrent_trials == 2
+    assert space.num_samples <= 24 and space.max_concurrent_trials == 2
     assert space.resources == {"cpu": 1, "gpu": 0}
-    assert space.scheduler["grace_period"] == 2 and space.scheduler["max_t"] <= 8
+    assert space.scheduler["grace_period"] == 2 and space.scheduler["max_t"] <= 12
     assert space.params["lambda_causal"].when is not None
 
 

@@ -501,6 +501,33 @@ class StudyTracker:
         self._client = MlflowClient(tracking_uri=uri)
         self._guard = _Guard(uri)
 
+    @property
+    def degraded(self) -> bool:
+        """True once a call failed for good; the failure has then been warned about once."""
+        return self._guard.dead
+
+    def unreachable(self, timeout_s: float = 5.0) -> str | None:
+        """Why the store cannot be used right now, or None when it can.
+
+        Checked before the end-of-study logging: a server that went away during a long study
+        then costs one warning and a few seconds instead of a retry loop per call.
+        """
+        if not _is_http(self.uri):
+            try:
+                check_tracking(self.uri, timeout_s)
+            except TrackingError as exc:
+                return str(exc)
+            return None
+        reason = _probe_http(self.uri, timeout_s)
+        if reason is not None:
+            return reason
+        try:
+            with _quick_http(timeout_s):
+                self._client.search_experiments(max_results=1)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not usable now"
+            return _truncate(str(exc), 300)
+        return None
+
     def start(
         self,
         study_name: str,
@@ -636,6 +663,23 @@ class StudyTracker:
         g(c.set_terminated, run_id, status)
 
 
+def log_files(
+    uri: str, run_id: str, paths: Iterable[Path], artifact_path: str | None = None
+) -> list[str]:
+    """Log local files as artifacts of an existing run (finished runs included); strict.
+
+    For ``msdn-tune report``, which adds plots to a study's parent run after the fact. Returns
+    the artifact paths written; any failure is a :class:`TrackingError` naming the store.
+    """
+    client = MlflowClient(tracking_uri=uri)
+    _strict(uri, client.get_run, run_id)  # a clear error for a wrong or deleted run first
+    written = []
+    for path in map(Path, paths):
+        _strict(uri, client.log_artifact, run_id, str(path), artifact_path)
+        written.append(f"{artifact_path}/{path.name}" if artifact_path else path.name)
+    return written
+
+
 # --- one trial (worker side) ---------------------------------------------------------------------
 
 
@@ -677,10 +721,13 @@ class TrialTracker:
         if not run_id:
             # A trial interrupted before its first checkpoint restarts without our run id: find
             # its run by trial id so a restart never creates a second child run.
-            found = g(c.search_runs, [experiment_id],
-                      filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
-                                    f"tags.`msdn_tune.trial_id` = '{trial_id}'",
-                      max_results=1)
+            found = g(
+                c.search_runs,
+                [experiment_id],
+                filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
+                f"tags.`msdn_tune.trial_id` = '{trial_id}'",
+                max_results=1,
+            )
             run_id = found[0].info.run_id if found else None
         if run_id:
             run = g(c.get_run, run_id)
@@ -760,10 +807,11 @@ class TrialTracker:
         step = self._last_step
         # a final value identical to the one log_epoch just wrote at this step would only add a
         # duplicate point to the metric's history
+        # (and a restarted trial re-reporting its last epoch logged it in the earlier attempt)
         metrics = [
             Metric(k, v, ts, step)
             for k, v in _finite_metrics(final_metrics).items()
-            if self._last_logged.get(k) != (step, v)
+            if self._last_logged.get(k) != (step, v) and step > self._logged_through
         ]
         self._guard(
             self._client.log_batch, self.run_id, metrics=metrics[:_METRICS_PER_BATCH], tags=tags
@@ -802,6 +850,18 @@ def _scoped_mlflow_uris(uri: str) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
+    """Raise one library logger's level for a block."""
+    log = logging.getLogger(name)
+    saved = log.level
+    log.setLevel(level)
+    try:
+        yield
+    finally:
+        log.setLevel(saved)
 
 
 def registered_model_name(dataset: str) -> str:
@@ -889,7 +949,8 @@ def log_champion(
                 source_run_id=run_id,
                 tags={"msdn_tune.study": study, "msdn_tune.trial_id": str(trial_id)},
             )
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _quiet_logger("mlflow.pytorch"):
+                # pickle is chosen on purpose (see above): its generic caution is noise here
                 warnings.simplefilter("ignore", FutureWarning)
                 info = mlflow.pytorch.log_model(
                     model,
@@ -1017,6 +1078,8 @@ def study_plots(study: optuna.Study, out_dir: Path, *, objective_names: list[str
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         warnings.filterwarnings("ignore", message=".*computes the importances of params.*")
+        # a parameter every complete trial shares one value of: matplotlib widens the axis itself
+        warnings.filterwarnings("ignore", message="Attempting to set identical low and high")
         for stem, fn_name, kw in jobs:
             try:
                 ax = getattr(vmpl, fn_name)(study, **kw)

@@ -120,26 +120,41 @@ def test_mlflow_has_parent_and_one_child_per_trial(study):
     assert "lr" in some.data.params
 
 
-def test_resume_after_killing_the_driver(tmp_path, ray_address):
-    """Kill the driver mid-study, resume: exactly num_samples trials, no duplicates."""
+def _wait_for_checkpoints(proc, exp, n, deadline_s=300):
+    deadline = time.time() + deadline_s
+    while time.time() < deadline:
+        if len(list(exp.glob("*/checkpoint_0*"))) >= n:
+            return
+        if proc.poll() is not None:
+            pytest.fail("driver ended before it could be interrupted: " + proc.stdout.read())
+        time.sleep(0.3)
+    pytest.fail("no checkpoints appeared")
+
+
+def test_interrupt_then_kill_then_resume(tmp_path, ray_address):
+    """Ctrl-C: reported incomplete (exit 130); killed: resumable; resumed: exactly num_samples
+    trials, no duplicates, one MLflow run per trial, none left RUNNING."""
     space = _space(tmp_path, "killed", num_samples=6, scheduler={"type": "none"},
                    fixed={"dataset": "synthetic", "epochs": 6, "device": "cpu"})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ["run", "--space", str(space), "--address", ray_address, "--tracking-uri", uri]
-    proc = subprocess.Popen(CLI + args, cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     exp = tmp_path / "results" / "killed"
-    deadline = time.time() + 300
-    # Wait until at least two trials have reported checkpoints, then kill the driver hard.
-    while time.time() < deadline:
-        if len(list(exp.glob("*/checkpoint_000001"))) >= 2:
-            break
-        if proc.poll() is not None:
-            pytest.fail("driver ended before it could be killed: " + proc.stdout.read().decode())
-        time.sleep(0.5)
+
+    proc = subprocess.Popen(CLI + args, cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+                            stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    _wait_for_checkpoints(proc, exp, 2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out[-3000:]
+    assert "study incomplete" in out and "--resume" in out
+
+    proc = subprocess.Popen(CLI + args + ["--resume"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            text=True, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    _wait_for_checkpoints(proc, exp, len(list(exp.glob("*/checkpoint_0*"))) + 2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
     res = _run(args + ["--resume"], cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rows = pq.read_table(exp / "trials.parquet").to_pylist()
@@ -156,6 +171,63 @@ def test_resume_after_killing_the_driver(tmp_path, ray_address):
     assert len([r for r in runs if "mlflow.parentRunId" not in r.data.tags]) == 1
     assert len(children) == 6, [r.data.tags.get("msdn_tune.trial_id") for r in children]
     assert all(r.info.status != "RUNNING" for r in runs)
+    for r in children:  # each epoch logged once: restarted trials continued their own run
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val/H")]
+        assert sorted(steps) == list(range(1, 7)), steps
+
+
+def _nan_store(path: Path) -> Path:
+    import numpy as np
+
+    from msdn_tune.data.resolve import open_benchmark
+    from msdn_tune.data.store import StoreWriter
+
+    src = open_benchmark("tiny")
+    with StoreWriter(path, n_images=src.n_images, channels=src.channels, regions=src.regions,
+                     dtype="float32") as w:
+        feats = src.gather(np.arange(src.n_images)).float().numpy()
+        feats[src.splits["trainval"][:3]] = np.nan
+        w.write(feats)
+        w.finish(labels=src.labels, splits=src.splits, class_attributes=src.class_attributes,
+                 attribute_vectors=src.attribute_vectors, class_names=src.class_names,
+                 attribute_names=src.attribute_names, dataset="synthetic:nan", source="test")
+    return path
+
+
+def test_diverging_trials_are_recorded_failed_and_the_study_goes_on(tmp_path, ray_address):
+    store = _nan_store(tmp_path / "nan-store")
+    space = _space(tmp_path, "diverge", data=str(store), num_samples=3,
+                   scheduler={"type": "none"})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = _run(["run", "--space", str(space), "--address", ray_address, "--tracking-uri", uri],
+               cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "no trial ran to completion" in res.stdout
+    rows = pq.read_table(tmp_path / "results" / "diverge" / "trials.parquet").to_pylist()
+    assert len(rows) == 3
+    assert all(r["status"] == "failed" and "diverged" in r["error"] for r in rows), rows
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    e = client.get_experiment_by_name("diverge")
+    children = [r for r in client.search_runs([e.experiment_id])
+                if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 3
+    assert all(r.info.status == "FAILED" for r in children)
+    assert all("diverged" in r.data.tags.get("msdn_tune.error", "") for r in children)
+
+
+def test_warm_start_feeds_completed_trials_to_the_sampler(study, ray_address):
+    tmp, _, _ = study
+    done = [r for r in pq.read_table(tmp / "results" / "e2e" / "trials.parquet").to_pylist()
+            if r["status"] == "completed"]
+    space = _space(tmp, "warm", num_samples=2, scheduler={"type": "none"},
+                   fixed={"dataset": "synthetic", "epochs": 2, "device": "cpu"})
+    res = _run(["run", "--space", str(space), "--address", ray_address, "--no-tracking",
+                "--warm-start", "e2e"], cwd=tmp, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f"warm start: {len(done)} completed trials given to the sampler" in res.stdout
 
 
 def test_existing_study_is_not_overwritten(study):
