@@ -27,26 +27,41 @@ def ray_env() -> dict[str, str]:
 
 
 def start_head(temp_dir: Path, *, num_cpus: int = 2, port: int | None = None,
-               resources: str | None = None) -> str:
-    """`ray start --head` with its own temp dir; returns the GCS address."""
+               resources: str | None = None, dashboard_port: int | None = None,
+               env: dict[str, str] | None = None) -> str:
+    """`ray start --head` with its own temp dir; returns the GCS address.
+
+    `dashboard_port` turns the dashboard (the job server) on, on 127.0.0.1, with its own agent
+    port so it cannot collide with another session's Ray. `env` overrides :func:`ray_env`
+    (e.g. RAY_AUTH_MODE=token).
+    """
     port = port or free_port()
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}",
-           f"--num-cpus={num_cpus}", "--include-dashboard=false", "--disable-usage-stats",
-           f"--temp-dir={temp_dir}"]
+           f"--num-cpus={num_cpus}", "--disable-usage-stats", f"--temp-dir={temp_dir}"]
+    if dashboard_port:
+        cmd += ["--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dashboard_port}",
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--ray-client-server-port={free_port()}"]
+    else:
+        cmd.append("--include-dashboard=false")
     if resources:
         cmd.append(f"--resources={resources}")
-    subprocess.run(cmd, check=True, env=ray_env(), capture_output=True, timeout=120)
+    subprocess.run(cmd, check=True, env={**ray_env(), **(env or {})}, capture_output=True,
+                   timeout=120)
     return f"127.0.0.1:{port}"
 
 
 def start_worker(address: str, temp_dir: Path, *, num_cpus: int = 1,
-                 resources: str | None = None) -> None:
-    """`ray start --address` for one more node on this host."""
+                 resources: str | None = None, env: dict[str, str] | None = None) -> None:
+    """`ray start --address` for one more node on this host (its own temp dir: the marker
+    that :func:`kill_by_marker` and :func:`stop_by_marker` use to find its processes)."""
     cmd = [str(Path(sys.executable).parent / "ray"), "start", f"--address={address}",
            f"--num-cpus={num_cpus}", "--disable-usage-stats", f"--temp-dir={temp_dir}"]
     if resources:
         cmd.append(f"--resources={resources}")
-    subprocess.run(cmd, check=True, env=ray_env(), capture_output=True, timeout=120)
+    subprocess.run(cmd, check=True, env={**ray_env(), **(env or {})}, capture_output=True,
+                   timeout=120)
 
 
 def pids_matching(marker: str) -> list[int]:
@@ -88,3 +103,14 @@ def stop_by_marker(marker: str, timeout: float = 15.0) -> None:
             time.sleep(0.2)
         if not pids_matching(marker):
             return
+
+
+def kill_by_marker(marker: str) -> list[int]:
+    """SIGKILL every process of one Ray node at once, as a crashed machine would vanish."""
+    pids = pids_matching(marker)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return pids

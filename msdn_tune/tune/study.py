@@ -75,8 +75,12 @@ def init_ray(address: str | None) -> bool:
         try:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         except ConnectionError as exc:
+            from msdn_tune.tune.cluster import AUTH_HINT
+
+            hint = ("" if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else
+                    f"; if the cluster uses token authentication (Ray's default), {AUTH_HINT}")
             raise MsdnTuneError(f"--address {address}: cannot connect to a Ray cluster "
-                                f"({exc})") from None
+                                f"({exc}){hint}") from None
     return True
 
 
@@ -147,8 +151,12 @@ def _asha_metric(space: SearchSpace) -> tuple[str, str]:
 
 
 def build_tuner(space: SearchSpace, static: Any, *, exp_dir: Path, resume: bool,
-                warm_rows: list[TrialRow] | None, console: Console) -> Any:
-    """The Tuner for a new study, or the restored one for `resume`."""
+                warm_rows: list[TrialRow] | None, console: Console,
+                ray_storage: str | None = None) -> Any:
+    """The Tuner for a new study, or the restored one for `resume`.
+
+    `ray_storage` is Ray's storage_path when it is not `exp_dir.parent` (a cloud URI).
+    """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -160,7 +168,8 @@ def build_tuner(space: SearchSpace, static: Any, *, exp_dir: Path, resume: bool,
     resources = {k: v for k, v in space.resources.items() if v}
     trainable = tune.with_resources(make_trainable(static), resources or {"cpu": 1})
     if resume:
-        return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
+        where = f"{ray_storage}/{space.name}" if ray_storage else str(exp_dir)
+        return tune.Tuner.restore(where, trainable=trainable, resume_unfinished=True,
                                   resume_errored=False)
     metrics = [o.metric for o in space.objectives]
     modes = [o.mode for o in space.objectives]
@@ -185,7 +194,7 @@ def build_tuner(space: SearchSpace, static: Any, *, exp_dir: Path, resume: bool,
             search_alg=searcher, scheduler=sched, num_samples=space.num_samples,
             max_concurrent_trials=space.max_concurrent_trials, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=space.name, storage_path=str(exp_dir.parent),
+            name=space.name, storage_path=ray_storage or str(exp_dir.parent),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
             failure_config=tune.FailureConfig(max_failures=2),
             callbacks=[StudyProgress(space.num_samples, metrics[0], modes[0])],
@@ -203,24 +212,48 @@ def _save_meta(exp_dir: Path, meta: dict[str, Any]) -> None:
 def run_study(space: SearchSpace, *, space_file: Path | None = None, address: str | None = None,
               resume: bool = False, warm_start: str | None = None,
               tracking_uri: str | None = None, tracking: bool = True,
-              force_promote: bool = False, console: Console | None = None) -> StudyOutcome:
-    """Run (or resume) a study to num_samples trials; see the module docstring."""
+              force_promote: bool = False, console: Console | None = None,
+              resume_if_exists: bool = False, storage_shared: bool = False) -> StudyOutcome:
+    """Run (or resume) a study to num_samples trials; see the module docstring.
+
+    `resume_if_exists` resumes when the study folder holds a restorable study and starts fresh
+    otherwise: the idempotent entrypoint a retried cluster job needs (KubeRay backoffLimit).
+    `storage_shared` declares a local storage path shared by all nodes (NFS msdn-tune cannot
+    recognise); on a multi-node cluster node-local storage is refused before any trial starts.
+    """
     from ray import tune
 
-    from msdn_tune.data.resolve import resolve_benchmark
+    from msdn_tune.data.resolve import parse_preset, resolve_benchmark
+    from msdn_tune.tune.cluster import StudyStorage, check_cluster_storage
     from msdn_tune.tune.trainable import TrialStatic
 
     console = console or Console()
-    storage = Path(space.storage_path).expanduser().resolve()
+    store = StudyStorage.from_spec(space.storage_path)  # a path, or a URI mirrored locally
+    store.pull(space.name)
+    storage = store.local_root
     exp_dir = storage / space.name
     meta = read_study_meta(exp_dir) if exp_dir.exists() else {}
+    if resume_if_exists:
+        resume = tune.Tuner.can_restore(store.ray_path(space.name))
+        console.print(f"study {space.name}: " + ("resuming the existing study" if resume else
+                                                 "no restorable study yet, starting it"))
     if resume:
-        if not tune.Tuner.can_restore(str(exp_dir)):
-            raise MsdnTuneError(f"--resume: no study to resume at {exp_dir} "
+        if not tune.Tuner.can_restore(store.ray_path(space.name)):
+            raise MsdnTuneError(f"--resume: no study to resume at {store.ray_path(space.name)} "
                                 "(run it once without --resume)")
-    elif exp_dir.exists() and (meta or list(exp_dir.glob("experiment_state-*.json"))):
+    elif not resume_if_exists and exp_dir.exists() and (
+            meta or list(exp_dir.glob("experiment_state-*.json"))):
         raise MsdnTuneError(f"study {space.name!r} already exists at {exp_dir}; continue it with "
                             "--resume, or choose another --name")
+    started = init_ray(address)
+    try:  # before anything is written: a refused study leaves nothing behind
+        check_cluster_storage(space.storage_path, space.resources, declared_shared=storage_shared)
+    except BaseException:
+        if started:
+            import ray
+
+            ray.shutdown()
+        raise
     warm_rows = load_trials(study_dir(warm_start, storage)) if warm_start else None
 
     data_path = str(resolve_benchmark(space.data))
@@ -251,13 +284,16 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
         "experiment_id": exp_id, "parent_run_id": parent,
         "created": meta.get("created", time.strftime("%Y-%m-%dT%H:%M:%S")),
         "command": " ".join(shlex.quote(a) for a in sys.argv)})
+    store.push(space.name)
 
-    started = init_ray(address)
+    started = init_ray(address) or started
     try:
-        static = TrialStatic(data_path=data_path, fixed=dict(space.fixed), study=space.name,
+        # A preset travels by name: each node generates (once, deterministically) its own copy.
+        trial_data = space.data if parse_preset(space.data) else data_path
+        static = TrialStatic(data_path=trial_data, fixed=dict(space.fixed), study=space.name,
                              tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent)
         tuner = build_tuner(space, static, exp_dir=exp_dir, resume=resume, warm_rows=warm_rows,
-                            console=console)
+                            console=console, ray_storage=store.ray_storage())
         console.print(f"study {space.name}: {space.num_samples} trials, "
                       f"{space.max_concurrent_trials} at a time → {exp_dir}")
         grid = tuner.fit()
@@ -267,11 +303,13 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
             import ray
 
             ray.shutdown()
+    store.pull(space.name)
     rows = load_trials(exp_dir)
     complete = finished >= space.num_samples and len(rows) >= space.num_samples
     write_parquet(rows, exp_dir / TRIALS_FILE)
     objectives = [(o.metric, o.mode) for o in space.objectives]
     best = best_trials(rows, objectives)
+    store.fetch([b.checkpoint for b in best[:1] if b.checkpoint])
     outcome = StudyOutcome(path=exp_dir, complete=complete, rows=rows, best=best,
                            parent_run_id=parent, tracking_uri=uri)
     if tracker is not None:
@@ -279,12 +317,18 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
     meta = read_study_meta(exp_dir)
     meta.update({"complete": complete, "wall_s": meta.get("wall_s", 0.0) + time.time() - t0})
     _save_meta(exp_dir, meta)
+    store.push(space.name)
     return outcome
 
 
 def _finish_tracking(tracker: Any, space: SearchSpace, outcome: StudyOutcome,
                      force_promote: bool, console: Console) -> None:
-    """Parent-run summary, plots, and the champion model (complete studies only)."""
+    """Parent-run summary, plots (artifact folder `plots/`), and the champion model (complete
+    studies only).
+
+    The study's results are on disk by now, so a tracking failure here is one warning line, not
+    a failed study: a server that went away mid-study is probed once instead of retried per call.
+    """
     from msdn_tune.tune.tracking import study_plots
 
     exp_dir = outcome.path
@@ -295,15 +339,30 @@ def _finish_tracking(tracker: Any, space: SearchSpace, outcome: StudyOutcome,
                                         objective_names=[o.metric for o in space.objectives])
         except Exception as exc:  # noqa: BLE001 - plots are a convenience, never fatal
             console.print(f"[yellow]warning: plots failed: {exc}[/yellow]")
-        artifacts += outcome.plots
-        if outcome.best and len(space.objectives) == 1:
-            data_path = read_study_meta(exp_dir).get("data_path") or space.data
-            outcome.champion = promote_best(tracker.uri, space, outcome.best[0], data_path,
-                                            force_promote=force_promote)
-    best = outcome.best[0] if outcome.best else None
-    tracker.finish(best_metrics=best.metrics if best else None,
-                   best_trial_id=best.trial_id if best else None, artifacts=artifacts,
-                   status="FINISHED" if outcome.complete else "KILLED")
+        if outcome.plots:
+            artifacts.append(exp_dir / "plots")
+    problem = tracker.unreachable()
+    if problem is None:
+        if outcome.complete and outcome.best and len(space.objectives) == 1:
+            try:
+                data_path = read_study_meta(exp_dir).get("data_path") or space.data
+                outcome.champion = promote_best(tracker.uri, space, outcome.best[0], data_path,
+                                                force_promote=force_promote)
+            except Exception as exc:  # noqa: BLE001 - the study itself succeeded
+                problem = f"the best model was not logged ({type(exc).__name__}: {exc})"
+        best = outcome.best[0] if outcome.best else None
+        tracker.finish(best_metrics=best.metrics if best else None,
+                       best_trial_id=best.trial_id if best else None, artifacts=artifacts,
+                       status="FINISHED" if outcome.complete else "KILLED")
+        if tracker.degraded:  # the tracker has printed its own single warning
+            problem = None
+    else:
+        problem = (f"tracking store {tracker.uri} unreachable at the end of the study ({problem}):"
+                   " parent run, plots and best model not logged")
+    if problem:
+        console.print(f"warning: {problem}; the study's results are complete in {exp_dir} "
+                      f"(log its plots later with: msdn-tune report {exp_dir})",
+                      style="yellow", markup=False, soft_wrap=True)
 
 
 def promote_best(uri: str, space: SearchSpace, best: TrialRow, data_path: str, *,

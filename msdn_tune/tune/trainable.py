@@ -9,6 +9,7 @@ reaches trials as an absolute store path that each worker memory-maps: no copy p
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -91,8 +92,10 @@ def run_trial(config: dict[str, Any], static: TrialStatic) -> None:
                 tracker.log_epoch(metrics, trainer.epoch)
             with tempfile.TemporaryDirectory(prefix="msdn-ckpt-") as d:
                 trainer.save(Path(d) / STATE_FILE)
+                # pid: which worker process wrote it (diagnostics; fault-injection tests)
                 (Path(d) / TRIAL_FILE).write_text(json.dumps(
-                    {"trial_id": trial_id, "mlflow_run_id": run_id, "epoch": trainer.epoch}))
+                    {"trial_id": trial_id, "mlflow_run_id": run_id, "epoch": trainer.epoch,
+                     "pid": os.getpid()}))
                 tune.report(_with_ids(metrics, run_id),
                             checkpoint=tune.Checkpoint.from_directory(d))
         status = "completed"
@@ -104,7 +107,9 @@ def run_trial(config: dict[str, Any], static: TrialStatic) -> None:
                 "epochs_total": float(cfg.epochs), "trial/diverged": 1.0, "trial/error": error}
         tune.report(_with_ids(last, run_id))
     except SystemExit:
-        status = "early_stopped"  # Ray stops a trial inside tune.report with SystemExit
+        # Ray stops a trial inside tune.report with SystemExit: ASHA early, or at max_t after
+        # the final epoch, which is a completed trial (same rule as results.trial_outcome)
+        status = "completed" if trainer.epoch >= cfg.epochs else "early_stopped"
         raise
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}"
