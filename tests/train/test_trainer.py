@@ -134,3 +134,16 @@ def test_published_defaults():
         ("balanced", 1e-4, 1e-2, 70, 0.7)
     assert (awa2.momentum, awa2.normalize_v, awa2.w1, awa2.clip_negative_att) == \
         (0.0, True, 1.0, True)
+
+
+def test_bf16_autocast_keeps_accuracy_within_noise(tiny):
+    from msdn_tune.train.trainer import bf16_supported
+
+    if not bf16_supported(torch.device("cpu")):
+        pytest.skip("this CPU has no bf16 support (avx512_bf16/amx)")
+    fp32 = Trainer(_cfg(epochs=6), tiny).fit()
+    bf16 = Trainer(_cfg(epochs=6, precision="bf16"), tiny).fit()
+    chance = 1.0 / len(tiny.unseen_classes)
+    assert bf16["best/zsl_acc"] > 3 * chance
+    assert abs(bf16["best/zsl_acc"] - fp32["best/zsl_acc"]) < 0.08, (fp32, bf16)
+    assert abs(bf16["best/H"] - fp32["best/H"]) < 0.08, (fp32, bf16)
