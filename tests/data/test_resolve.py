@@ -1,0 +1,95 @@
+"""Resolving a benchmark spec: store paths, cached presets, concurrent first use, bad specs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from msdn_tune.data.resolve import (
+    default_cache_dir,
+    open_benchmark,
+    parse_preset,
+    resolve_benchmark,
+)
+from msdn_tune.data.store import FORMAT_VERSION, BenchmarkStore
+from msdn_tune.errors import DataError
+
+
+def test_preset_is_generated_once_into_the_cache(tmp_path):
+    path = resolve_benchmark("tiny", cache_dir=tmp_path)
+    assert path == tmp_path / f"tiny-seed0-v{FORMAT_VERSION}" and path.is_absolute()
+    stamp = (path / "meta.json").stat().st_mtime_ns
+    assert resolve_benchmark("synth:tiny", cache_dir=tmp_path) == path
+    assert (path / "meta.json").stat().st_mtime_ns == stamp  # reused, not regenerated
+    other = resolve_benchmark("tiny@seed=3", cache_dir=tmp_path)
+    assert other.name == "tiny-seed3-v1"
+    a, b = BenchmarkStore.open(path), open_benchmark("tiny@seed=3", cache_dir=tmp_path)
+    assert not np.array_equal(a.gather([0]).numpy(), b.gather([0]).numpy())
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == [
+        "tiny-seed0-v1",
+        "tiny-seed3-v1",
+    ]
+
+
+def test_cache_location_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MSDN_TUNE_CACHE", str(tmp_path / "root"))
+    assert default_cache_dir() == tmp_path / "root" / "benchmarks"
+    path = resolve_benchmark("tiny")
+    assert path == tmp_path / "root" / "benchmarks" / "tiny-seed0-v1"
+    monkeypatch.delenv("MSDN_TUNE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "msdn-tune" / "benchmarks"
+
+
+def test_store_directories_resolve_to_their_absolute_path(tmp_path, monkeypatch):
+    path = resolve_benchmark("tiny", cache_dir=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_benchmark(path.name) == path
+    assert open_benchmark(str(path)).path == path
+    (path / "arrays.npz").write_bytes(b"junk")
+    with pytest.raises(DataError, match="arrays.npz"):
+        resolve_benchmark(path)
+    with pytest.raises(DataError, match="unusable.*delete the directory"):
+        resolve_benchmark("tiny", cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("spec", ["tinyy", "/no/such/store", "synth:huge", "tiny@seed=x"])
+def test_unknown_specs_name_the_spec_and_list_presets(tmp_path, spec):
+    with pytest.raises(DataError, match=f"{spec}.*presets: cub-like, demo, tiny"):
+        resolve_benchmark(spec, cache_dir=tmp_path)
+
+
+def test_a_file_is_not_a_store(tmp_path):
+    (tmp_path / "f.arrow").write_text("x")
+    with pytest.raises(DataError, match="is a file"):
+        resolve_benchmark(tmp_path / "f.arrow")
+
+
+def test_parse_preset():
+    assert parse_preset("demo") == ("demo", 0)
+    assert parse_preset("synth:cub-like@seed=12") == ("cub-like", 12)
+    assert parse_preset("nope") is None
+
+
+def test_concurrent_first_use_agrees_on_one_store(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        from msdn_tune.data.resolve import open_benchmark
+        st = open_benchmark("tiny@seed=7", cache_dir={str(tmp_path)!r})
+        print(st.path, float(st.gather([0, 1]).float().sum()))
+        """
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert len(set(outs)) == 1, outs
+    assert outs[0].startswith(str(tmp_path / "tiny-seed7-v1"))
+    leftovers = [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    assert leftovers == []
