@@ -1062,6 +1062,13 @@ class _Parser:
                 f"must be <= {max_epochs}, the most epochs a trial "
                 f"runs (got {out['max_t']}); no trial would ever reach the top rung",
             )
+        if out["max_t"] < max_epochs:
+            self.fail(
+                where + ("max_t",),
+                f"must be {max_epochs}, the most epochs a trial runs (got {out['max_t']}): ASHA "
+                "stops every trial at max_t, so a trial with more epochs would never count as "
+                "completed; leave max_t out (null) to use that value",
+            )
         if out["grace_period"] > out["max_t"]:
             self.fail(
                 where + ("grace_period",),

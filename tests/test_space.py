@@ -590,6 +590,11 @@ ERRORS = [
         "scheduler.max_t: must be <= 6, the most epochs a trial runs",
     ),
     (
+        "max_t < epochs",
+        _set("scheduler.max_t", 4),
+        "scheduler.max_t: must be 6, the most epochs a trial runs (got 4)",
+    ),
+    (
         "reduction factor",
         _set("scheduler.reduction_factor", 1),
         "scheduler.reduction_factor: must be > 1",

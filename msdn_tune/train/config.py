@@ -151,19 +151,26 @@ class TrainConfig:
         _range("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
         _range("w1", self.w1, low=0.0, high=1.0)
         for name in ("weight_decay", "lambda_sc", "lambda_d", "lambda_causal", "lambda_ar",
-                     "margin"):
+                     "margin", "kappa"):
             _range(name, getattr(self, name), low=0.0)
         for name in ("temp_ava", "temp_vaa"):
             _range(name, getattr(self, name), low=0.0, low_open=True)
         for name in ("batch_size", "epochs", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1 (got {getattr(self, name)})")
+        if self.batch_size < 2:  # the sampler skips one-image batches: nothing would train
+            raise ConfigError(f"batch_size: must be >= 2 (got {self.batch_size})")
+        if self.seed < 0:  # numpy's seed sequence (batch order) takes non-negative seeds only
+            raise ConfigError(f"seed: must be >= 0 (got {self.seed})")
         if self.threads < 0:
             raise ConfigError(f"threads: must be >= 0 (got {self.threads})")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N (got {self.device!r})")
         if self.lambda_causal > 0 and self.intervention == "none":
             raise ConfigError("lambda_causal: a causal loss needs an intervention "
+                              "(set intervention to random, uniform or shuffle)")
+        if self.kappa > 0 and self.intervention == "none":
+            raise ConfigError("kappa: effect logits at inference need an intervention "
                               "(set intervention to random, uniform or shuffle)")
 
 

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from msdn_tune.data.resolve import open_benchmark
-from msdn_tune.errors import ConfigError
+from msdn_tune.errors import ConfigError, DivergenceError, MsdnTuneError
 from msdn_tune.train.config import TrainConfig
 from msdn_tune.train.trainer import Trainer, TrainResult, load_checkpoint
 
@@ -80,19 +80,18 @@ def train_command(data: str, overrides: dict[str, Any], out: str | None, resume:
         if (out_dir / "checkpoint.pt").exists():
             raise ConfigError(f"--out {out_dir}: already holds a run; resume it with "
                               f"--resume {out_dir} or choose another folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=True))
     trainer = Trainer(cfg, bench)
-    if resume:
+    if resume:  # checked (benchmark, selection) before anything in the run folder changes
         trainer.load_state_dict(state)
         console.print(f"resuming {out_dir} at epoch {trainer.epoch}/{cfg.epochs}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=True))
 
     table = Table(*_COLUMNS, title=f"{bench.dataset} · {cfg.selection} selection")
-    log = (out_dir / "metrics.jsonl").open("a")
     ckpt = out_dir / "checkpoint.pt"
-    with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("batches"), TimeElapsedColumn(), console=console,
-                  transient=True) as bar:
+    bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("batches"), TimeElapsedColumn(), console=console, transient=True)
+    with (out_dir / "metrics.jsonl").open("a") as log, bar:
         task = bar.add_task("train", total=None, epoch=trainer.epoch + 1)
 
         def on_step(step: int, total: int) -> None:
@@ -106,8 +105,14 @@ def train_command(data: str, overrides: dict[str, Any], out: str | None, resume:
             bar.console.print("  ".join(f"{k}={v}" for k, v in zip(_COLUMNS, row, strict=True)))
             table.add_row(*row)
 
-        final = trainer.fit(on_epoch=on_epoch, progress=on_step)
-    log.close()
+        try:
+            final = trainer.fit(on_epoch=on_epoch, progress=on_step)
+        except DivergenceError as exc:
+            # The settings (or the data) made training blow up: the user's to fix, so one clear
+            # message (exit 2), and the checkpoint of the last finite epoch stays as it was.
+            kept = f"; the last finite epoch is in {ckpt}" if ckpt.exists() else ""
+            raise MsdnTuneError(f"{exc} (try a lower lr, or check the data for NaN/inf)"
+                                f"{kept}") from None
     trainer.save(ckpt)
     (out_dir / "final.json").write_text(json.dumps(final, indent=2))
     console.print(table)

@@ -195,12 +195,14 @@ class Trainer:
                     yield batch
             return
         # Class-balanced: each batch holds min(bs, #classes) distinct classes, one image each
-        # (the published SUN/AWA2 sampler); as many batches as a uniform epoch would have.
+        # (the published SUN/AWA2 sampler); as many batches as a uniform epoch would have, i.e.
+        # n/bs, not n/#images-per-batch: the published AWA2 run (40 classes, bs 50) evaluates
+        # every n_trainval/50 = 470 iterations of 40 images.
         labels = self.bench.labels[rows]
         classes = np.unique(labels)
         by_class = {c: np.flatnonzero(labels == c) for c in classes}
         per = min(bs, len(classes))
-        for _ in range(max(1, math.ceil(n / per))):
+        for _ in range(max(1, math.ceil(n / bs))):
             chosen = rng.choice(classes, size=per, replace=False)
             yield np.array([rng.choice(by_class[c]) for c in chosen])
 
@@ -245,8 +247,12 @@ class Trainer:
         return {f"train/{k}": v / len(batches) for k, v in sums.items()}
 
     @torch.no_grad()
-    def logits(self, split: _Split) -> EvalLogits:
-        """Raw per-sub-net logits on a split's evaluation sets (no margin, no fusion)."""
+    def logits(self, split: _Split, *, epoch: int | None = None) -> EvalLogits:
+        """Raw per-sub-net logits on a split's evaluation sets (no margin, no fusion).
+
+        `epoch` names the epoch being evaluated in a divergence error (default: the last one
+        completed, which is right for evaluating a finished run).
+        """
         self.model.eval()
         parts = []
         for rows in (split.eval_seen, split.eval_unseen):
@@ -265,7 +271,8 @@ class Trainer:
             z_a = torch.cat(za).numpy() if za else np.zeros((0, self.bench.n_classes), np.float32)
             z_v = torch.cat(zv).numpy() if zv else np.zeros((0, self.bench.n_classes), np.float32)
             if not (np.isfinite(z_a).all() and np.isfinite(z_v).all()):
-                raise DivergenceError(self.epoch, 0, "evaluation logits")
+                raise DivergenceError(self.epoch if epoch is None else epoch, 0,
+                                      "evaluation logits")
             parts.append((z_a, z_v, self.bench.labels[rows]))
         (sa, sv, ys), (ua, uv, yu) = parts
         return EvalLogits(
@@ -278,7 +285,7 @@ class Trainer:
         t0 = time.perf_counter()
         metrics = self.train_epoch(progress)
         t1 = time.perf_counter()
-        ev = self.logits(self.select_split)
+        ev = self.logits(self.select_split, epoch=self.epoch + 1)
         val = evaluate_logits(ev, self.cfg.w1, self.cfg.gamma)
         self.epoch += 1
         metrics.update({f"val/{k}": float(val[k]) for k in EVAL_METRICS})
@@ -342,8 +349,9 @@ class Trainer:
         """Everything needed to continue this run exactly (loadable with weights_only=True)."""
         logits = None
         if self.best_logits is not None:
-            logits = {k: torch.as_tensor(np.asarray(v)) for k, v in vars(self.best_logits).items()
-                      if isinstance(v, np.ndarray)}
+            # candidates are not saved: they follow from the split (None in official mode)
+            logits = {k: torch.as_tensor(np.asarray(getattr(self.best_logits, k)))
+                      for k in EvalLogits._ARRAYS}
         return {
             "version": CHECKPOINT_VERSION,
             "config": self.cfg.to_dict(),
@@ -366,6 +374,11 @@ class Trainer:
         if state.get("version") != CHECKPOINT_VERSION:
             raise DataError(f"checkpoint version {state.get('version')!r} is not supported "
                             f"(expected {CHECKPOINT_VERSION})")
+        self._check_benchmark(state.get("benchmark") or {})
+        was = (state.get("config") or {}).get("selection", self.cfg.selection)
+        if was != self.cfg.selection:  # best-so-far metrics and logits belong to the old split
+            raise ConfigError(f"selection: the checkpoint's run selects with {was!r}; it cannot "
+                              f"continue as {self.cfg.selection!r} (start a new run instead)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
@@ -374,10 +387,20 @@ class Trainer:
         lg = state.get("best_logits")
         if lg is not None:
             self.best_logits = EvalLogits(
-                **{k: v.numpy() for k, v in lg.items()}, margin=self.cfg.margin,
+                **{k: lg[k].numpy() for k in EvalLogits._ARRAYS}, margin=self.cfg.margin,
                 candidates=self.select_split.candidates)
         self.history = list(state.get("history", []))
         torch.set_rng_state(state["rng"]["torch"])
+
+    def _check_benchmark(self, meta: dict[str, Any]) -> None:
+        """A checkpoint only fits a benchmark of the same shapes: say so, not a size-mismatch
+        traceback from torch (e.g. `train --resume` with another `--data`)."""
+        for key in ("n_classes", "n_attributes", "channels"):
+            have = getattr(self.bench, key)
+            if key in meta and int(meta[key]) != have:
+                raise DataError(f"checkpoint trained with {key}={meta[key]} (benchmark "
+                                f"{meta.get('path', '?')}) does not fit {self.bench.path}, which "
+                                f"has {key}={have}")
 
     def save(self, path: str | Path) -> Path:
         """Write the full state atomically (temp file + rename)."""

@@ -65,20 +65,26 @@ def print_best(best: list[TrialRow], console: Console, multi: bool) -> None:
 
 def print_next_steps(console: Console, *, path: Path, space_file: str | None, name: str,
                      complete: bool, best: TrialRow | None, data: str,
-                     fixed: dict[str, Any], tracking_uri: str | None) -> None:
-    """Where the results are and the exact commands to resume or retrain."""
+                     fixed: dict[str, Any], tracking_uri: str | None,
+                     storage: str | None = None) -> None:
+    """Where the results are and the exact commands to resume or retrain.
+
+    `storage` is the study's storage path as configured: for a cloud URI, `path` is only the
+    local mirror, which holds no checkpoints, so the resume command must name the URI.
+    """
     console.print(f"results:  {path}  (table: {path / TRIALS_FILE})", soft_wrap=True)
     if tracking_uri:
         console.print(f"tracking: {tracking_uri}  (browse: msdn-tune ui --tracking-uri "
                       f"{shlex.quote(tracking_uri)})", soft_wrap=True)
     space_arg = f"--space {shlex.quote(space_file)} " if space_file else ""
     resume = f"msdn-tune run {space_arg}--name {shlex.quote(name)} " \
-             f"--storage-path {shlex.quote(str(path.parent))} --resume"
+             f"--storage-path {shlex.quote(storage or str(path.parent))} --resume"
     if not complete:
         console.print(f"[bold yellow]study incomplete[/bold yellow]; resume with:\n  {resume}",
                       soft_wrap=True)
-    else:
-        console.print(f"resume/extend: {resume} --num-samples N", soft_wrap=True)
+    else:  # a resumed study keeps its num_samples (Tuner.restore): more trials = a new study
+        more = f"msdn-tune run {space_arg}--name NEW --warm-start {shlex.quote(str(path))}"
+        console.print(f"more trials: {more} --num-samples N", soft_wrap=True, markup=False)
     if best is not None:
         settings = {**fixed, **{k: v for k, v in best.params.items() if v is not None}}
         sets = " ".join(f"--set {k}={shlex.quote(str(v))}" for k, v in settings.items())

@@ -150,6 +150,26 @@ def _asha_metric(space: SearchSpace) -> tuple[str, str]:
     return "best/H", "max"
 
 
+def asha_scheduler(space: SearchSpace) -> Any:
+    """The space's ASHA scheduler (None for `scheduler: {type: none}`), on our `epoch` clock.
+
+    Every option the space validated is used: its watched metric and mode (the space resolves
+    their defaults), grace period, max_t, reduction factor and brackets.
+    """
+    from ray.tune.schedulers import ASHAScheduler
+
+    sch = space.scheduler
+    if sch.get("type", "asha") != "asha":
+        return None
+    metric, mode = _asha_metric(space)
+    return ASHAScheduler(
+        time_attr="epoch", metric=sch.get("metric") or metric, mode=sch.get("mode") or mode,
+        max_t=int(sch.get("max_t") or space.fixed.get("epochs", 30)),
+        grace_period=int(sch.get("grace_period", 1)),
+        reduction_factor=float(sch.get("reduction_factor", 2)),
+        brackets=int(sch.get("brackets") or 1))
+
+
 def build_tuner(space: SearchSpace, static: Any, *, exp_dir: Path, resume: bool,
                 warm_rows: list[TrialRow] | None, console: Console,
                 ray_storage: str | None = None) -> Any:
@@ -158,7 +178,6 @@ def build_tuner(space: SearchSpace, static: Any, *, exp_dir: Path, resume: bool,
     `ray_storage` is Ray's storage_path when it is not `exp_dir.parent` (a cloud URI).
     """
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from msdn_tune.space import define_by_run, make_sampler
     from msdn_tune.tune.progress import StudyProgress
@@ -180,14 +199,7 @@ def build_tuner(space: SearchSpace, static: Any, *, exp_dir: Path, resume: bool,
         trials = frozen_trials(space, warm_rows)
         searcher._ot_study.add_trials(trials)
         console.print(f"warm start: {len(trials)} completed trials given to the sampler")
-    sched = None
-    if space.scheduler.get("type", "asha") == "asha":
-        metric, mode = _asha_metric(space)
-        sched = ASHAScheduler(
-            time_attr="epoch", metric=metric, mode=mode,
-            max_t=int(space.scheduler.get("max_t") or space.fixed.get("epochs", 30)),
-            grace_period=int(space.scheduler.get("grace_period", 1)),
-            reduction_factor=float(space.scheduler.get("reduction_factor", 2)))
+    sched = asha_scheduler(space)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -200,6 +212,21 @@ def build_tuner(space: SearchSpace, static: Any, *, exp_dir: Path, resume: bool,
             callbacks=[StudyProgress(space.num_samples, metrics[0], modes[0])],
             verbose=0),
     )
+
+
+def _check_resumable(space: SearchSpace, meta: dict[str, Any]) -> None:
+    """Refuse a resume that asks for another number of trials.
+
+    Ray's `Tuner.restore` keeps the original TuneConfig, so a changed num_samples would be
+    ignored and the study then judged against the new number: never complete, however often it
+    is resumed.
+    """
+    before = (meta.get("space") or {}).get("num_samples")
+    if before is not None and int(before) != space.num_samples:
+        raise MsdnTuneError(
+            f"--resume: study {space.name!r} was started with num_samples={before} and a resumed "
+            f"study keeps it (got {space.num_samples}); to run more trials, start a new study "
+            f"with --name NEW --warm-start {space.name}")
 
 
 def _save_meta(exp_dir: Path, meta: dict[str, Any]) -> None:
@@ -238,6 +265,7 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
         console.print(f"study {space.name}: " + ("resuming the existing study" if resume else
                                                  "no restorable study yet, starting it"))
     if resume:
+        _check_resumable(space, meta)
         if not tune.Tuner.can_restore(store.ray_path(space.name)):
             raise MsdnTuneError(f"--resume: no study to resume at {store.ray_path(space.name)} "
                                 "(run it once without --resume)")

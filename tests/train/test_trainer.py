@@ -1,13 +1,17 @@
-"""Trainer: learning on the tiny preset, exact resume, divergence, selection modes, config."""
+"""Trainer: learning on the tiny preset, exact resume, divergence, selection modes, config,
+and the edge cases of resuming and of `msdn-tune train` on a diverging run."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
+from msdn_tune.cli import main
 from msdn_tune.data.resolve import open_benchmark
-from msdn_tune.errors import ConfigError, DivergenceError
+from msdn_tune.data.store import BenchmarkStore, StoreWriter
+from msdn_tune.errors import ConfigError, DataError, DivergenceError
 from msdn_tune.train.config import TrainConfig
 from msdn_tune.train.trainer import Trainer, load_checkpoint
 
@@ -70,20 +74,22 @@ def test_checkpoint_is_weights_only_loadable(tiny, tmp_path):
     assert load_checkpoint(tmp_path / "c.pt")["config"]["epochs"] == 1
 
 
-def test_divergence_raises_specific_error(tmp_path):
-    from msdn_tune.data.store import BenchmarkStore, StoreWriter
-
+def _nan_store(path, rows_of) -> BenchmarkStore:
+    """The tiny store with NaN features in the first rows of the split `rows_of`."""
     src = open_benchmark("tiny")
-    out = tmp_path / "nan-store"
-    with StoreWriter(out, n_images=src.n_images, channels=src.channels, regions=src.regions,
+    with StoreWriter(path, n_images=src.n_images, channels=src.channels, regions=src.regions,
                      dtype="float32") as w:
         feats = src.gather(np.arange(src.n_images)).float().numpy()
-        feats[src.splits["trainval"][:5]] = np.nan  # a corrupt feature map in the training data
+        feats[src.splits[rows_of][:5]] = np.nan
         w.write(feats)
         w.finish(labels=src.labels, splits=src.splits, class_attributes=src.class_attributes,
                  attribute_vectors=src.attribute_vectors, class_names=src.class_names,
                  attribute_names=src.attribute_names, dataset="synthetic:nan", source="test")
-    bad = BenchmarkStore.open(out)
+    return BenchmarkStore.open(path)
+
+
+def test_divergence_raises_specific_error(tmp_path):
+    bad = _nan_store(tmp_path / "nan-store", "trainval")  # a corrupt map in the training data
     with pytest.raises(DivergenceError) as info:
         Trainer(_cfg(epochs=2, batch_size=512), bad).fit()
     assert info.value.epoch == 1
@@ -119,6 +125,11 @@ def test_balanced_sampler_draws_distinct_classes(tiny):
     ({"normalize_v": "maybe"}, "normalize_v"),
     ({"device": "tpu"}, "device"),
     ({"dataset": "imagenet"}, "dataset"),
+    # values that used to pass and then fail or be ignored in the middle of a run
+    ({"seed": -1}, "seed"),
+    ({"kappa": -0.5, "intervention": "random"}, "kappa"),
+    ({"kappa": 0.5, "intervention": "none"}, "kappa"),
+    ({"batch_size": 1}, "batch_size"),
 ])
 def test_config_rejects_with_key_in_message(values, key):
     with pytest.raises(ConfigError) as info:
@@ -147,3 +158,77 @@ def test_bf16_autocast_keeps_accuracy_within_noise(tiny):
     assert bf16["best/zsl_acc"] > 3 * chance
     assert abs(bf16["best/zsl_acc"] - fp32["best/zsl_acc"]) < 0.08, (fp32, bf16)
     assert abs(bf16["best/H"] - fp32["best/H"]) < 0.08, (fp32, bf16)
+
+
+def test_clean_selection_resume_equals_uninterrupted(tiny, tmp_path):
+    cfg = _cfg(epochs=3, selection="clean")
+    straight = Trainer(cfg, tiny)
+    final_straight = straight.fit()
+
+    first = Trainer(cfg, tiny)
+    first.run_epoch()
+    path = first.save(tmp_path / "checkpoint.pt")
+    resumed = Trainer.from_checkpoint(path, tiny)
+    assert resumed.best_logits is not None
+    assert np.array_equal(resumed.best_logits.candidates, resumed.select_split.candidates)
+    final_resumed = resumed.fit()
+    for key, value in final_straight.items():
+        assert final_resumed[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+
+
+def test_checkpoint_for_another_benchmark_is_a_clear_error(tiny, tmp_path):
+    t = Trainer(_cfg(epochs=1), tiny)
+    t.run_epoch()
+    state = load_checkpoint(t.save(tmp_path / "c.pt"))
+    state["benchmark"]["n_classes"] += 1
+    with pytest.raises(DataError, match="n_classes"):
+        Trainer(_cfg(epochs=1), tiny).load_state_dict(state)
+
+
+def test_evaluation_divergence_names_the_epoch_being_evaluated(tmp_path):
+    bad = _nan_store(tmp_path / "nan-eval", "test_seen")  # training data is fine
+    with pytest.raises(DivergenceError) as info:
+        Trainer(_cfg(epochs=2), bad).fit()
+    assert info.value.what == "evaluation logits"
+    assert info.value.epoch == 1
+
+
+def test_train_cli_reports_divergence_without_traceback(tmp_path):
+    store = _nan_store(tmp_path / "nan-train", "trainval").path
+    res = CliRunner().invoke(main, ["train", "--data", str(store), "--out", str(tmp_path / "r"),
+                                    "--set", "epochs=1", "--set", "threads=1",
+                                    "--set", "batch_size=512"])
+    assert res.exit_code == 2, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert "diverged at epoch 1" in res.stderr
+
+
+def test_resume_with_other_benchmark_shapes_exits_2(tiny, tmp_path):
+    t = Trainer(_cfg(epochs=1), tiny)
+    t.run_epoch()
+    state = t.state_dict()
+    state["benchmark"]["channels"] += 8
+    torch.save(state, tmp_path / "checkpoint.pt")
+    res = CliRunner().invoke(main, ["train", "--data", "tiny", "--resume", str(tmp_path),
+                                    "--set", "epochs=5"])
+    assert res.exit_code == 2, res.output
+    assert "channels" in res.stderr
+    assert not (tmp_path / "config.yaml").exists()  # the refused resume changed nothing
+
+
+def test_balanced_epoch_has_as_many_batches_as_a_uniform_one(tiny):
+    # tiny's trainval has 22 classes: with bs 50 each balanced batch holds 22 images, but an
+    # epoch is still n/bs batches (published AWA2: 40 images per batch, n/50 iterations).
+    n = len(tiny.splits["trainval"])
+    balanced = list(Trainer(_cfg(sampler="balanced", batch_size=50), tiny)._batches(1))
+    uniform = list(Trainer(_cfg(sampler="uniform", batch_size=50), tiny)._batches(1))
+    assert len(balanced) == len(uniform) == -(-n // 50)
+    assert {len(b) for b in balanced} == {22}
+
+
+def test_resume_cannot_switch_the_selection_mode(tiny, tmp_path):
+    t = Trainer(_cfg(epochs=2), tiny)
+    t.run_epoch()
+    path = t.save(tmp_path / "c.pt")
+    with pytest.raises(ConfigError, match="selection"):
+        Trainer.from_checkpoint(path, tiny, {"selection": "clean"})

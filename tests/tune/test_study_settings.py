@@ -1,0 +1,61 @@
+"""Study set-up without a Ray instance: the ASHA scheduler follows the space, and a resume that
+asks for another num_samples is refused before anything starts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from msdn_tune.errors import MsdnTuneError
+from msdn_tune.space import parse_space
+from msdn_tune.tune.results import STUDY_FILE
+from msdn_tune.tune.study import asha_scheduler, run_study
+
+
+def _doc(tmp_path, **over):
+    doc = {
+        "version": 1, "name": "s", "data": "tiny",
+        "fixed": {"dataset": "synthetic", "epochs": 6},
+        "params": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        "objective": {"metric": "best/H", "mode": "max"},
+        "num_samples": 4, "storage_path": str(tmp_path / "results"),
+    }
+    doc.update(over)
+    return doc
+
+
+def test_asha_uses_the_spaces_metric_mode_and_brackets(tmp_path):
+    space = parse_space(_doc(tmp_path, scheduler={
+        "type": "asha", "grace_period": 2, "reduction_factor": 3, "brackets": 2,
+        "metric": "val/zsl_acc", "mode": "max"}))
+    sched = asha_scheduler(space)
+    assert (sched.metric, sched._mode) == ("val/zsl_acc", "max")
+    assert len(sched._brackets) == 2 and sched._max_t == 6
+    assert asha_scheduler(parse_space(_doc(tmp_path, scheduler={"type": "none"}))) is None
+
+
+def test_resume_with_another_num_samples_is_refused(tmp_path):
+    space = parse_space(_doc(tmp_path))
+    exp = tmp_path / "results" / "s"
+    exp.mkdir(parents=True)
+    (exp / STUDY_FILE).write_text(json.dumps({"space": {**space.to_dict(), "num_samples": 2}}))
+    with pytest.raises(MsdnTuneError, match="num_samples=2"):
+        run_study(space, resume=True, tracking=False)
+
+
+def test_next_steps_name_the_configured_storage_and_never_offer_a_resume_that_extends(tmp_path):
+    from rich.console import Console
+
+    from msdn_tune.tune.display import print_next_steps
+
+    console = Console(record=True, width=300)
+    mirror = tmp_path / "mirror" / "s"
+    for complete in (False, True):
+        print_next_steps(console, path=mirror, space_file="s.yaml", name="s", complete=complete,
+                         best=None, data="tiny", fixed={}, tracking_uri=None,
+                         storage="s3://bucket/studies")
+    text = console.export_text()
+    assert "--storage-path s3://bucket/studies --resume" in text
+    assert str(tmp_path / "mirror") + " --resume" not in text
+    assert "--resume --num-samples" not in text and f"--warm-start {mirror}" in text
