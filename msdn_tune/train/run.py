@@ -113,6 +113,14 @@ def train_command(data: str, overrides: dict[str, Any], out: str | None, resume:
             kept = f"; the last finite epoch is in {ckpt}" if ckpt.exists() else ""
             raise MsdnTuneError(f"{exc} (try a lower lr, or check the data for NaN/inf)"
                                 f"{kept}") from None
+        except KeyboardInterrupt:
+            # Every finished epoch is checkpointed; say how to continue instead of a traceback.
+            bar.stop()
+            console.print(f"interrupted during epoch {trainer.epoch + 1}; the last finished "
+                          f"epoch ({trainer.epoch}) is in {ckpt}", soft_wrap=True)
+            console.print(f"resume with: msdn-tune train --data {shlex.quote(data)} --resume "
+                          f"{shlex.quote(str(out_dir))}", soft_wrap=True, markup=False)
+            raise SystemExit(130) from None
     trainer.save(ckpt)
     (out_dir / "final.json").write_text(json.dumps(final, indent=2))
     console.print(table)

@@ -62,3 +62,21 @@ def test_bad_inputs_exit_2_without_traceback(tmp_path):
         assert res.exit_code == 2, (args, res.output)
         assert res.exception is None or isinstance(res.exception, SystemExit), args
         assert res.stderr.startswith("error: "), (args, res.stderr)
+
+
+def test_ctrl_c_prints_the_resume_command(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([*CLI, "train", "--data", "tiny", "--set", "epochs=200",
+                             "--set", "threads=1", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert f"--resume {out}" in stdout
