@@ -10,9 +10,12 @@ from msdn_tune.train.config import TrainConfig
 from msdn_tune.train.trainer import Trainer, evaluate_run, load_checkpoint
 
 
-def evaluate_source(source: str, data: str, overrides: dict[str, Any] | None = None
-                    ) -> dict[str, Any]:
+def evaluate_source(source: str, data: str, overrides: dict[str, Any] | None = None, *,
+                    tracking_uri: str | None = None) -> dict[str, Any]:
     """Test metrics of `source` (a checkpoint path or `models:/...` URI) on `data`.
+
+    `tracking_uri` is the MLflow store of a `models:/` or `runs:/` source (default: the usual
+    resolution, $MLFLOW_TRACKING_URI else ./mlflow.db).
 
     Evaluation-only settings (w1, gamma, kappa, eval_batch_size, device) may be overridden;
     anything else would not describe the trained model and is refused.
@@ -25,9 +28,11 @@ def evaluate_source(source: str, data: str, overrides: dict[str, Any] | None = N
                         f"({', '.join(sorted(allowed))})")
     bench = open_benchmark(data)
     if source.startswith(("models:/", "runs:/")):
-        from msdn_tune.tune.tracking import load_model
+        from msdn_tune.tune.tracking import check_tracking, load_model, resolve_tracking_uri
 
-        model = load_model(source)
+        uri = resolve_tracking_uri(cli=tracking_uri)
+        check_tracking(uri)
+        model = load_model(source, tracking_uri=uri)
         cfg_dict = dict(getattr(model, "msdn_tune_config", {}) or {})
         cfg = TrainConfig.from_dict({**cfg_dict, **overrides})
         trainer = Trainer(cfg, bench)

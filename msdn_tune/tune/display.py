@@ -83,6 +83,8 @@ def print_next_steps(console: Console, *, path: Path, space_file: str | None, na
         console.print(f"[bold yellow]study incomplete[/bold yellow]; resume with:\n  {resume}",
                       soft_wrap=True)
     else:  # a resumed study keeps its num_samples (Tuner.restore): more trials = a new study
+        console.print(f"resume:   {resume}  (all trials are done: nothing left to run)",
+                      soft_wrap=True, markup=False)
         more = f"msdn-tune run {space_arg}--name NEW --warm-start {shlex.quote(str(path))}"
         console.print(f"more trials: {more} --num-samples N", soft_wrap=True, markup=False)
     if best is not None:

@@ -381,7 +381,8 @@ def _finish_tracking(tracker: Any, space: SearchSpace, outcome: StudyOutcome,
         best = outcome.best[0] if outcome.best else None
         tracker.finish(best_metrics=best.metrics if best else None,
                        best_trial_id=best.trial_id if best else None, artifacts=artifacts,
-                       status="FINISHED" if outcome.complete else "KILLED")
+                       status="FINISHED" if outcome.complete else "KILLED",
+                       trial_ids=[r.trial_id for r in outcome.rows] if outcome.complete else None)
         if tracker.degraded:  # the tracker has printed its own single warning
             problem = None
     else:

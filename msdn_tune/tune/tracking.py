@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -500,6 +501,7 @@ class StudyTracker:
         self.parent_run_id: str | None = None
         self._client = MlflowClient(tracking_uri=uri)
         self._guard = _Guard(uri)
+        self.finish_grace_s = 15.0  # see close_stale_children
 
     @property
     def degraded(self) -> bool:
@@ -620,18 +622,45 @@ class StudyTracker:
             if not token:
                 return runs
 
-    def close_stale_children(self) -> int:
-        """Mark child runs left RUNNING (crashed driver, trials stopped inside ``tune.report``)
-        as KILLED; returns how many. Call it when no trial of the study is running."""
+    def close_stale_children(self, grace_s: float = 0.0) -> int:
+        """End child runs left RUNNING (crashed driver, killed worker); returns how many.
+
+        Call it when no trial of the study runs any more. ``grace_s``: how long to let trials
+        end their own runs first -- Tune can report a trial finished while its worker is still
+        in the trial's final ``finally`` (sending the last metrics, then ending the run). A run
+        whose trial already tagged its outcome ends with that outcome's status; others are
+        tagged ``killed`` and end KILLED.
+        """
+        deadline = time.monotonic() + grace_s
+        while True:
+            running = [r for r in self.child_runs() if r.info.status == "RUNNING"]
+            if not running or time.monotonic() >= deadline or self._guard.dead:
+                break
+            time.sleep(0.5)
         n = 0
-        for run in self.child_runs():
-            if run.info.status != "RUNNING":
-                continue
-            if run.data.tags.get("msdn_tune.status", "running") == "running":
-                self._guard(self._client.set_tag, run.info.run_id, "msdn_tune.status", "killed")
-            self._guard(self._client.set_terminated, run.info.run_id, "KILLED")
+        for run in running:
+            outcome = run.data.tags.get("msdn_tune.status", "running")
+            if outcome not in TRIAL_STATUSES:
+                outcome = "killed"
+                self._guard(self._client.set_tag, run.info.run_id, "msdn_tune.status", outcome)
+            self._guard(self._client.set_terminated, run.info.run_id, TRIAL_STATUSES[outcome])
             n += 0 if self._guard.dead else 1
         return n
+
+    def _trash_lost_children(self, trial_ids: set[str]) -> None:
+        lost = [
+            r for r in self.child_runs() if r.data.tags.get("msdn_tune.trial_id") not in trial_ids
+        ]
+        for run in lost:
+            self._guard(self._client.set_tag, run.info.run_id, "msdn_tune.status", "lost")
+            self._guard(self._client.delete_run, run.info.run_id)
+        if lost and not self._guard.dead:
+            logger.warning(
+                "moved %d MLflow run(s) of trials the study lost (killed before Tune recorded "
+                "them) to the trash: %s",
+                len(lost),
+                ", ".join(r.data.tags.get("msdn_tune.trial_id", "?") for r in lost),
+            )
 
     def finish(
         self,
@@ -640,14 +669,27 @@ class StudyTracker:
         best_trial_id: str | None,
         artifacts: Iterable[Path] = (),
         status: str = "FINISHED",
+        trial_ids: Iterable[str] | None = None,
     ) -> None:
-        """Close stale children, log the best trial's metrics and the result files, end the run."""
+        """Close stale children, log the best trial's metrics and the result files, end the run.
+
+        ``trial_ids``: the study's trials as Tune finally knows them. A child run of any other
+        trial belongs to a trial that Tune lost -- it was running when the driver was killed,
+        before Tune's experiment state recorded it, and the resumed study replaced it. Such runs
+        are tagged ``msdn_tune.status=lost`` and moved to MLflow's trash (restorable), so the
+        study keeps exactly one child run per trial.
+        """
         if status not in _RUN_STATUSES:
             raise ValueError(f"status must be one of {_RUN_STATUSES}, got {status!r}")
         if self.parent_run_id is None:
             return
         run_id, c, g = self.parent_run_id, self._client, self._guard
-        self.close_stale_children()
+        # an interrupted study's trials were stopped abruptly: wait less for them
+        self.close_stale_children(
+            grace_s=self.finish_grace_s if status == "FINISHED" else min(3.0, self.finish_grace_s)
+        )
+        if trial_ids is not None:
+            self._trash_lost_children({str(t) for t in trial_ids})
         metrics = [Metric(k, v, _now_ms(), 0) for k, v in _finite_metrics(best_metrics).items()]
         tags = [RunTag("msdn_tune.status", status.lower())]
         if best_trial_id is not None:
@@ -683,13 +725,75 @@ def log_files(
 # --- one trial (worker side) ---------------------------------------------------------------------
 
 
+class _MetricSender:
+    """Sends queued epoch metrics from a daemon thread through the trial's guard.
+
+    What piles up while a request is in flight goes out in the next request (chunked to
+    MLflow's batch limit), so a store that is slower than an epoch costs fewer calls, not a
+    growing backlog; metrics keep the timestamps of the epochs that produced them.
+    """
+
+    def __init__(self, guard: _Guard, client: MlflowClient, run_id: str) -> None:
+        self._guard, self._client, self._run_id = guard, client, run_id
+        self._cv = threading.Condition()
+        self._queue: list[Metric] = []
+        self._busy = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="msdn-mlflow-metrics", daemon=True)
+        self._thread.start()
+
+    def put(self, metrics: list[Metric]) -> None:
+        with self._cv:
+            self._queue.extend(metrics)
+            self._cv.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._closed:
+                    self._cv.wait()
+                if not self._queue:
+                    return  # closed and drained
+                batch, self._queue = self._queue, []
+                self._busy = True
+            try:
+                for chunk in _chunks(batch, _METRICS_PER_BATCH):
+                    self._guard(self._client.log_batch, self._run_id, metrics=chunk)
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+    def flush(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        with self._cv:
+            while self._queue or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._thread.is_alive():
+                    return False
+                self._cv.wait(left)
+        return True
+
+    def close(self, timeout_s: float) -> bool:
+        """Send what is queued, then end the thread; False if that took longer than allowed."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            logger.warning("MLflow metrics still unsent after %.0f s; not waiting", timeout_s)
+            return False
+        return True
+
+
 class TrialTracker:
     """A trial's child run, written from the trial's own process.
 
     ``run_id`` given: continue that run (a trial restored from a checkpoint keeps one run; params
     already there are not logged again). Otherwise a new child run is created under
     ``parent_run_id``. If the store is unreachable, ``run_id`` stays None and every method is a
-    no-op: the trial trains on, untracked.
+    no-op: the trial trains on, untracked. Epoch metrics are sent by a background thread (see
+    :meth:`log_epoch`); :meth:`finish` sends what is left before it ends the run.
     """
 
     def __init__(
@@ -714,6 +818,8 @@ class TrialTracker:
         self._finished = False
         self._last_step = 0
         self._last_logged: dict[str, tuple[int, float]] = {}  # key -> (step, value)
+        self._sender: _MetricSender | None = None
+        self.flush_timeout_s = 60.0
         self._logged_through = 0  # epochs already in a continued run are not logged again
         flat = flatten_params(params)
         c, g = self._client, self._guard
@@ -770,16 +876,43 @@ class TrialTracker:
         return self.run_id is not None and not self._guard.dead and not self._finished
 
     def log_epoch(self, metrics: Mapping[str, float], epoch: int) -> None:
-        """One ``log_batch`` per epoch at ``step=epoch``; NaN/inf and non-numbers are dropped."""
-        self._last_step = int(epoch)
+        """Queue one epoch's metrics at ``step=epoch``; NaN/inf and non-numbers are dropped.
+
+        A background thread sends them: one ``log_batch`` per epoch, or one for several epochs
+        when the store lags behind, so that a slow or busy tracking server never holds up
+        training. Epochs a continued run already holds are skipped.
+        """
+        epoch = int(epoch)
+        self._last_step = epoch
         if not self.active or epoch <= self._logged_through:
             return
         ts = _now_ms()
         finite = _finite_metrics(metrics)
-        self._last_logged.update({k: (int(epoch), v) for k, v in finite.items()})
-        items = [Metric(k, v, ts, int(epoch)) for k, v in finite.items()]
-        for chunk in _chunks(items, _METRICS_PER_BATCH):
-            self._guard(self._client.log_batch, self.run_id, metrics=chunk)
+        self._last_logged.update({k: (epoch, v) for k, v in finite.items()})
+        if self._sender is None:
+            assert self.run_id is not None
+            self._sender = _MetricSender(self._guard, self._client, self.run_id)
+        self._sender.put([Metric(k, v, ts, epoch) for k, v in finite.items()])
+
+    def catch_up(self, history: Iterable[Mapping[str, Any]]) -> int:
+        """Log the epochs of a restored trainer's ``history`` (metric dicts with an ``epoch``
+        key) that a continued run does not hold yet; returns how many.
+
+        Epoch metrics are sent in the background, so a worker that dies right after persisting a
+        checkpoint may not have sent that epoch; the restarted trial restores it from the
+        checkpoint and does not train it again.
+        """
+        n = 0
+        for metrics in history:
+            epoch = int(metrics.get("epoch", 0) or 0)
+            if epoch > self._logged_through:
+                self.log_epoch(metrics, epoch)
+                n += 1
+        return n
+
+    def flush(self, timeout_s: float = 60.0) -> bool:
+        """Wait until the queued epochs are sent (or dropped by a degraded tracker)."""
+        return self._sender is None or self._sender.flush(timeout_s)
 
     def finish(
         self,
@@ -798,6 +931,8 @@ class TrialTracker:
         if self._finished:
             return
         self._finished = True
+        if self._sender is not None:  # the epochs first: the final values come after them
+            self._sender.close(self.flush_timeout_s)
         if self.run_id is None or self._guard.dead:
             return
         tags = [RunTag("msdn_tune.status", status)]
@@ -1222,10 +1357,18 @@ def serve_ui(
     *,
     on_ready: Callable[[str], None] = print,
 ) -> int:
-    """Run the MLflow UI for ``uri`` in the foreground until Ctrl-C; returns the exit code."""
+    """Run the MLflow UI for ``uri`` in the foreground until Ctrl-C; returns the exit code.
+
+    SIGTERM and SIGHUP (a process manager, a closed terminal) stop it like Ctrl-C: the server
+    runs in its own process group, so it would otherwise outlive this process.
+    """
     check_tracking(uri)
     url = ui_url(host, port)
     proc = start_ui(uri, host, port)
+    saved: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            saved[sig] = signal.signal(sig, _interrupt)
     try:
         wait_ui(proc, url)
         on_ready(url)
@@ -1235,3 +1378,9 @@ def serve_ui(
     finally:
         if proc.poll() is None:
             stop_ui(proc)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

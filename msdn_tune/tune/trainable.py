@@ -76,6 +76,8 @@ def run_trial(config: dict[str, Any], static: TrialStatic) -> None:
             trial_id=trial_id, trial_name=trial_name, study=static.study,
             params=cfg.to_dict(), run_id=run_id)
         run_id = tracker.run_id
+        if restored is not None:  # epochs checkpointed by a worker that died before sending them
+            tracker.catch_up(trainer.history)
 
     status, error, last = "failed", None, {}
     try:
