@@ -50,7 +50,7 @@ def run(method: str, seed: int, trials: int, epochs: int, root: Path) -> list[fl
     demo = load_space(Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml")
     doc = demo.to_dict()
     doc.update(
-        name=f"{method}-s{seed}",
+        name=f"{method.replace('+', '-')}-s{seed}",
         num_samples=trials,
         max_concurrent_trials=2,
         storage_path=str(root),
