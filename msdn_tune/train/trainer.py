@@ -105,6 +105,21 @@ def _splits(bench: BenchmarkStore, selection: str) -> tuple[_Split, _Split]:
     return val, test
 
 
+def build_model(cfg: TrainConfig, bench: BenchmarkStore) -> MSDN:
+    """The MSDN++ model a config describes for a benchmark (weights freshly initialised).
+
+    Used by the Trainer and wherever only the model is needed (logging a trained model): no
+    optimizer, whose first construction alone imports torch._dynamo for over a second.
+    """
+    att = torch.tensor(np.array(bench.class_attributes), dtype=torch.float32)
+    vec = (None if bench.attribute_vectors is None
+           else torch.tensor(np.array(bench.attribute_vectors), dtype=torch.float32))
+    return MSDN(
+        att, vec, bench.channels, normalize_v=cfg.normalize_v, normalize_f=cfg.normalize_f,
+        temp_ava=cfg.temp_ava, temp_vaa=cfg.temp_vaa, intervention=cfg.intervention,
+        clip_negative_att=cfg.clip_negative_att)
+
+
 @dataclass
 class TrainResult:
     """What a finished run returns: final metrics, per-epoch history, checkpoint location."""
@@ -129,14 +144,7 @@ class Trainer:
             raise DataError(f"{bench.path}: the training split is empty")
 
         torch.manual_seed(cfg.seed)
-        att = torch.tensor(np.array(bench.class_attributes), dtype=torch.float32)
-        vec = (None if bench.attribute_vectors is None
-               else torch.tensor(np.array(bench.attribute_vectors), dtype=torch.float32))
-        self.model = MSDN(
-            att, vec, bench.channels, normalize_v=cfg.normalize_v, normalize_f=cfg.normalize_f,
-            temp_ava=cfg.temp_ava, temp_vaa=cfg.temp_vaa, intervention=cfg.intervention,
-            clip_negative_att=cfg.clip_negative_att,
-        ).to(self.device)
+        self.model = build_model(cfg, bench).to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if cfg.optimizer == "rmsprop":
             self.optimizer: torch.optim.Optimizer = torch.optim.RMSprop(

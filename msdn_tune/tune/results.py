@@ -78,7 +78,7 @@ def load_trials(path: Path) -> list[TrialRow]:
 
     if not list(path.glob("experiment_state-*.json")):
         return []
-    analysis = ExperimentAnalysis(str(path))
+    analysis = ExperimentAnalysis(str(Path(path).resolve()))  # Ray needs an absolute path
     rows = []
     for t in analysis.trials:
         last = dict(t.last_result or {})

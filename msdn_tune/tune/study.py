@@ -14,6 +14,7 @@ import logging
 import os
 import shlex
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,48 +275,41 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
         raise MsdnTuneError(f"study {space.name!r} already exists at {exp_dir}; continue it with "
                             "--resume, or choose another --name")
     started = init_ray(address)
-    try:  # before anything is written: a refused study leaves nothing behind
-        check_cluster_storage(space.storage_path, space.resources, declared_shared=storage_shared)
-    except BaseException:
-        if started:
-            import ray
-
-            ray.shutdown()
-        raise
-    warm_rows = load_trials(study_dir(warm_start, storage)) if warm_start else None
-
-    data_path = str(resolve_benchmark(space.data))
-    t0 = time.time()
-    uri = parent = exp_id = None
-    tracker = None
-    if tracking:
-        from msdn_tune.tune.tracking import StudyTracker, check_tracking, resolve_tracking_uri
-
-        uri = resolve_tracking_uri(tracking_uri, (space.tracking or {}).get("uri"))
-        check_tracking(uri)
-        experiment = (space.tracking or {}).get("experiment") or space.name
-        tracker = StudyTracker(uri, experiment)
-        parent = tracker.start(
-            space.name, parent_run_id=meta.get("parent_run_id"), space_file=space_file,
-            resolved_config=space.to_dict(),
-            search_settings={"sampler": space.sampler, "scheduler": space.scheduler,
-                             "num_samples": space.num_samples,
-                             "max_concurrent_trials": space.max_concurrent_trials})
-        exp_id = tracker.experiment_id
-        if resume:
-            closed = tracker.close_stale_children()
-            if closed:
-                console.print(f"closed {closed} trial run(s) left RUNNING as KILLED")
-    _save_meta(exp_dir, {
-        **meta, "name": space.name, "space_file": str(space_file) if space_file else None,
-        "space": space.to_dict(), "data_path": data_path, "tracking_uri": uri,
-        "experiment_id": exp_id, "parent_run_id": parent,
-        "created": meta.get("created", time.strftime("%Y-%m-%dT%H:%M:%S")),
-        "command": " ".join(shlex.quote(a) for a in sys.argv)})
-    store.push(space.name)
-
-    started = init_ray(address) or started
     try:
+        # Before anything is written: a refused study leaves nothing behind.
+        check_cluster_storage(space.storage_path, space.resources, declared_shared=storage_shared)
+        warm_rows = load_trials(study_dir(warm_start, storage)) if warm_start else None
+
+        data_path = str(resolve_benchmark(space.data))
+        t0 = time.time()
+        uri = parent = exp_id = None
+        tracker = None
+        if tracking:
+            from msdn_tune.tune.tracking import StudyTracker, check_tracking, resolve_tracking_uri
+
+            uri = resolve_tracking_uri(tracking_uri, (space.tracking or {}).get("uri"))
+            check_tracking(uri)
+            experiment = (space.tracking or {}).get("experiment") or space.name
+            tracker = StudyTracker(uri, experiment)
+            parent = tracker.start(
+                space.name, parent_run_id=meta.get("parent_run_id"), space_file=space_file,
+                resolved_config=space.to_dict(),
+                search_settings={"sampler": space.sampler, "scheduler": space.scheduler,
+                                 "num_samples": space.num_samples,
+                                 "max_concurrent_trials": space.max_concurrent_trials})
+            exp_id = tracker.experiment_id
+            if resume:
+                closed = tracker.close_stale_children()
+                if closed:
+                    console.print(f"closed {closed} trial run(s) left RUNNING as KILLED")
+        _save_meta(exp_dir, {
+            **meta, "name": space.name, "space_file": str(space_file) if space_file else None,
+            "space": space.to_dict(), "data_path": data_path, "tracking_uri": uri,
+            "experiment_id": exp_id, "parent_run_id": parent,
+            "created": meta.get("created", time.strftime("%Y-%m-%dT%H:%M:%S")),
+            "command": " ".join(shlex.quote(a) for a in sys.argv)})
+        store.push(space.name)
+
         # A preset travels by name: each node generates (once, deterministically) its own copy.
         trial_data = space.data if parse_preset(space.data) else data_path
         static = TrialStatic(data_path=trial_data, fixed=dict(space.fixed), study=space.name,
@@ -324,13 +318,49 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
                             console=console, ray_storage=store.ray_storage())
         console.print(f"study {space.name}: {space.num_samples} trials, "
                       f"{space.max_concurrent_trials} at a time → {exp_dir}")
+        if tracker is not None:  # the driver idles during fit: pay the wrap-up's imports now
+            threading.Thread(target=_warm_wrapup_imports, name="warm-imports",
+                             daemon=True).start()
         grid = tuner.fit()
         finished = grid.num_terminated + grid.num_errors
-    finally:
+    except BaseException:
         if started:
             import ray
 
             ray.shutdown()
+        raise
+    shutdown = None
+    if started:
+        import ray
+
+        # Ray takes over a second to stop; nothing below needs it, so it stops alongside.
+        shutdown = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+        shutdown.start()
+    try:
+        return _conclude(space, store, exp_dir, finished, parent, uri, tracker, force_promote,
+                         console, t0)
+    finally:
+        if shutdown is not None:
+            shutdown.join()
+
+
+def _warm_wrapup_imports() -> None:
+    """Import what the end of a study needs (mlflow.pytorch alone takes seconds to import)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401
+        import mlflow.pytorch  # noqa: F401
+        import optuna.visualization.matplotlib  # noqa: F401
+    except Exception:  # noqa: BLE001 - a failed warm-up only costs the time it was to save
+        pass
+
+
+def _conclude(space: SearchSpace, store: Any, exp_dir: Path, finished: int,
+              parent: str | None, uri: str | None, tracker: Any, force_promote: bool,
+              console: Console, t0: float) -> StudyOutcome:
+    """Results table, best trial, tracking wrap-up and study metadata after `fit`."""
     store.pull(space.name)
     rows = load_trials(exp_dir)
     complete = finished >= space.num_samples and len(rows) >= space.num_samples
@@ -361,23 +391,32 @@ def _finish_tracking(tracker: Any, space: SearchSpace, outcome: StudyOutcome,
 
     exp_dir = outcome.path
     artifacts = [exp_dir / TRIALS_FILE]
-    if outcome.complete:
+
+    def render_plots() -> None:
         try:
             outcome.plots = study_plots(optuna_study(space, outcome.rows), exp_dir / "plots",
                                         objective_names=[o.metric for o in space.objectives])
         except Exception as exc:  # noqa: BLE001 - plots are a convenience, never fatal
             console.print(f"[yellow]warning: plots failed: {exc}[/yellow]")
-        if outcome.plots:
-            artifacts.append(exp_dir / "plots")
-    problem = tracker.unreachable()
-    if problem is None:
-        if outcome.complete and outcome.best and len(space.objectives) == 1:
+
+    # Plots render beside the champion model's logging (both take a second or two).
+    plotter = threading.Thread(target=render_plots, name="study-plots")
+    if outcome.complete:
+        plotter.start()
+    unreachable = tracker.unreachable()
+    problem = None
+    if outcome.complete:
+        if unreachable is None and outcome.best and len(space.objectives) == 1:
             try:
                 data_path = read_study_meta(exp_dir).get("data_path") or space.data
                 outcome.champion = promote_best(tracker.uri, space, outcome.best[0], data_path,
                                                 force_promote=force_promote)
             except Exception as exc:  # noqa: BLE001 - the study itself succeeded
                 problem = f"the best model was not logged ({type(exc).__name__}: {exc})"
+        plotter.join()
+        if outcome.plots:
+            artifacts.append(exp_dir / "plots")
+    if unreachable is None:
         best = outcome.best[0] if outcome.best else None
         tracker.finish(best_metrics=best.metrics if best else None,
                        best_trial_id=best.trial_id if best else None, artifacts=artifacts,
@@ -386,8 +425,8 @@ def _finish_tracking(tracker: Any, space: SearchSpace, outcome: StudyOutcome,
         if tracker.degraded:  # the tracker has printed its own single warning
             problem = None
     else:
-        problem = (f"tracking store {tracker.uri} unreachable at the end of the study ({problem}):"
-                   " parent run, plots and best model not logged")
+        problem = (f"tracking store {tracker.uri} unreachable at the end of the study "
+                   f"({unreachable}): parent run, plots and best model not logged")
     if problem:
         console.print(f"warning: {problem}; the study's results are complete in {exp_dir} "
                       f"(log its plots later with: msdn-tune report {exp_dir})",
@@ -399,7 +438,7 @@ def promote_best(uri: str, space: SearchSpace, best: TrialRow, data_path: str, *
     """Log the best completed trial's model and make it champion if it beats the current one."""
     from msdn_tune.data.resolve import open_benchmark
     from msdn_tune.train.config import TrainConfig
-    from msdn_tune.train.trainer import Trainer, load_checkpoint
+    from msdn_tune.train.trainer import build_model, load_checkpoint
     from msdn_tune.tune.tracking import log_champion
     from msdn_tune.tune.trainable import STATE_FILE
 
@@ -408,11 +447,9 @@ def promote_best(uri: str, space: SearchSpace, best: TrialRow, data_path: str, *
     state = load_checkpoint(Path(best.checkpoint) / STATE_FILE)
     cfg = TrainConfig.from_dict(state["config"])
     bench = open_benchmark(data_path)
-    trainer = Trainer(cfg, bench)
-    trainer.load_state_dict(state)
-    if trainer.best_state is not None:
-        trainer.model.load_state_dict(trainer.best_state)
-    model = trainer.model.cpu().eval()
+    model = build_model(cfg, bench)
+    model.load_state_dict(state["best_state"] if state.get("best_state") else state["model"])
+    model.eval()
     model.msdn_tune_config = cfg.to_dict()
     metric, mode = space.objectives[0].metric, space.objectives[0].mode
     return log_champion(
