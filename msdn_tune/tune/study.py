@@ -191,6 +191,9 @@ def build_tuner(space: SearchSpace, static: Any, *, exp_dir: Path, resume: bool,
         where = f"{ray_storage}/{space.name}" if ray_storage else str(exp_dir)
         return tune.Tuner.restore(where, trainable=trainable, resume_unfinished=True,
                                   resume_errored=False)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress bar reports trials
     metrics = [o.metric for o in space.objectives]
     modes = [o.mode for o in space.objectives]
     searcher = MsdnOptunaSearch(
