@@ -118,7 +118,10 @@ def frozen_trials(space: SearchSpace, rows: list[TrialRow], *, include_pruned: b
             state = TrialState.PRUNED
         else:
             continue
-        params = {k: v for k, v in r.params.items() if k in dists and v is not None}
+        # Only the parameters that exist for this trial (rows read back from MLflow carry every
+        # training setting, including inactive conditional ones at their defaults).
+        params = {k: v for k, v in r.params.items()
+                  if k in dists and v is not None and space.params[k].active(r.params)}
         try:
             for k, v in params.items():
                 if not dists[k]._contains(dists[k].to_internal_repr(v)):
@@ -281,7 +284,6 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
     try:
         # Before anything is written: a refused study leaves nothing behind.
         check_cluster_storage(space.storage_path, space.resources, declared_shared=storage_shared)
-        warm_rows = load_trials(study_dir(warm_start, storage)) if warm_start else None
 
         data_path = str(resolve_benchmark(space.data))
         t0 = time.time()
@@ -305,6 +307,7 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
                 closed = tracker.close_stale_children()
                 if closed:
                     console.print(f"closed {closed} trial run(s) left RUNNING as KILLED")
+        warm_rows = _warm_start_rows(warm_start, storage, uri) if warm_start else None
         _save_meta(exp_dir, {
             **meta, "name": space.name, "space_file": str(space_file) if space_file else None,
             "space": space.to_dict(), "data_path": data_path, "tracking_uri": uri,
@@ -345,6 +348,19 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
     finally:
         if shutdown is not None:
             shutdown.join()
+
+
+def _warm_start_rows(warm_start: str, storage: Path, uri: str | None) -> list[TrialRow]:
+    """An earlier study's trials: from its folder (or name under the storage path), else from
+    the MLflow experiment of that name in the tracking store."""
+    try:
+        return load_trials(study_dir(warm_start, storage))
+    except MsdnTuneError:
+        if uri is None:
+            raise
+    from msdn_tune.tune.tracking import trial_rows_from_experiment
+
+    return trial_rows_from_experiment(uri, warm_start)
 
 
 def _warm_wrapup_imports() -> None:

@@ -1384,3 +1384,40 @@ def serve_ui(
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+# --- warm starts from an earlier study's MLflow experiment --------------------------------------
+
+
+def trial_rows_from_experiment(uri: str, experiment: str) -> list[Any]:
+    """The trials of an earlier study as results rows, read from its MLflow experiment.
+
+    For `--warm-start` when only the tracking store is left (the study folder was on another
+    machine or is gone). Parameters come back as the YAML scalars they were logged as; the
+    outcome comes from each child run's `msdn_tune.status` tag.
+    """
+    from msdn_tune.tune.results import TrialRow
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = _strict(uri, client.get_experiment_by_name, experiment)
+    if exp is None:
+        raise TrackingError(f"--warm-start {experiment}: no study folder and no MLflow "
+                            f"experiment of that name in {uri}")
+    runs = _strict(uri, client.search_runs, [exp.experiment_id],
+                   filter_string="tags.`msdn_tune.kind` = 'trial'", max_results=10000)
+    rows = []
+    for run in runs:
+        params: dict[str, Any] = {}
+        for key, raw in run.data.params.items():
+            try:
+                params[key] = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                params[key] = raw
+        tags = run.data.tags
+        rows.append(TrialRow(
+            trial_id=tags.get("msdn_tune.trial_id", run.info.run_id),
+            status=tags.get("msdn_tune.status", "unknown"), params=params,
+            metrics=dict(run.data.metrics), epochs_run=int(run.data.metrics.get("epoch", 0)),
+            epochs_total=int(params.get("epochs", 0) or 0), error=tags.get("msdn_tune.error"),
+            checkpoint=None, mlflow_run_id=run.info.run_id))
+    return rows

@@ -235,3 +235,17 @@ def test_existing_study_is_not_overwritten(study):
     res = _run(["run", "--space", str(tmp / "e2e.yaml"), "--tracking-uri", uri], cwd=tmp)
     assert res.returncode == 2
     assert "already exists" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_warm_start_from_the_mlflow_experiment_alone(study, ray_address, tmp_path):
+    """The earlier study's folder is not reachable (other storage path): its MLflow experiment
+    in the tracking store provides the completed trials."""
+    tmp, _, uri = study
+    done = [r for r in pq.read_table(tmp / "results" / "e2e" / "trials.parquet").to_pylist()
+            if r["status"] == "completed"]
+    space = _space(tmp_path, "warm-mlflow", num_samples=1, scheduler={"type": "none"},
+                   fixed={"dataset": "synthetic", "epochs": 1, "device": "cpu"})
+    res = _run(["run", "--space", str(space), "--address", ray_address, "--tracking-uri", uri,
+                "--warm-start", "e2e"], cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f"warm start: {len(done)} completed trials given to the sampler" in res.stdout
