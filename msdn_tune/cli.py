@@ -253,11 +253,28 @@ def data_import_mat(dataset: str, out: str, w2v: str | None, dtype: str, allow_m
 @click.option("--resume", is_flag=True, help="Continue an interrupted extraction into --out.")
 @click.option("--force", is_flag=True, help="Discard what --out holds and start over.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--store", "store", type=click.Path(file_okay=False),
+              help="Also build the benchmark store here from the features (needs --att-splits).")
+@click.option("--att-splits", type=click.Path(dir_okay=False),
+              help="xlsa17 att_splits.mat, for --store.")
+@click.option("--w2v", type=click.Path(dir_okay=False),
+              help="Attribute word vectors (.npy or pickle, A x 300), for --store.")
+@click.option("--allow-mismatch", is_flag=True,
+              help="For --store: accept counts that differ from the dataset registry.")
 def data_extract(images: str, res101: str, dataset: str, out: str, weights: str | None,
                  batch_size: int, device: str, workers: int | None, image_size: int, dtype: str,
-                 strip_components: int | None, resume: bool, force: bool, quiet: bool) -> None:
-    """Extract ResNet-101 layer-4 feature maps from the images listed in res101.mat."""
+                 strip_components: int | None, resume: bool, force: bool, quiet: bool,
+                 store: str | None, att_splits: str | None, w2v: str | None,
+                 allow_mismatch: bool) -> None:
+    """Extract ResNet-101 layer-4 feature maps from the images listed in res101.mat.
+
+    With --store and --att-splits, one command goes from images to a benchmark store: the
+    feature folder (--out) is the resumable staging area, streamed into the store at the end.
+    """
     from msdn_tune.data.extract import extract_features
+
+    if store and not att_splits:
+        raise MsdnTuneError("--store needs --att-splits (the class attributes and splits)")
 
     try:
         r = extract_features(images, res101, dataset, out, weights=weights,
@@ -274,8 +291,19 @@ def data_extract(images: str, res101: str, dataset: str, out: str, weights: str 
     click.echo(f"extracted {r.extracted} of {r.n_images} images{resumed} on {r.device} in "
                f"{r.seconds:.1f} s ({r.images_per_s:.1f} img/s); image paths: dropped "
                f"{r.strip_components} leading components")
-    click.echo(f"next: msdn-tune data import mat --dataset {dataset} --att-splits att_splits.mat "
-               f"--res101 {res101} --features {r.path} --out STORE")
+    if not store:
+        click.echo(f"next: msdn-tune data import mat --dataset {dataset} --att-splits "
+                   f"att_splits.mat --res101 {res101} --features {r.path} --out STORE")
+        return
+    from msdn_tune.data.importers import import_mat
+
+    try:
+        result = import_mat(dataset, att_splits, res101, r.path, store, w2v=w2v, dtype=dtype,
+                            allow_mismatch=allow_mismatch, force=force, progress=not quiet)
+    except KeyboardInterrupt:
+        _interrupted("import", store)
+    _print_import(result)
+    click.echo(f"the feature folder {r.path} is no longer needed (delete it to free the space)")
 
 
 # --- train / evaluate commands (msdn_tune.train) ------------------------------------------------

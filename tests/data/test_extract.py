@@ -297,3 +297,23 @@ def test_weights_errors_and_devices(world, tmp_path, monkeypatch):
         assert_clean_error(res, "no CUDA device")
     res = _cli_extract(world, tmp_path / "o2", "--image-size", "50")
     assert_clean_error(res, "multiple of 32")
+
+
+def test_one_command_from_images_to_store(world, extracted, tmp_path):
+    """`data extract --store --att-splits`: images → features (resumable staging) → store."""
+    feats, _ = extracted
+    store_dir = tmp_path / "cub-store"
+    args = ["data", "extract", "--images", str(world["root"]), "--res101", str(world["res101"]),
+            "--dataset", "CUB", "--out", str(tmp_path / "staging"), "--weights",
+            str(world["weights"]), "--batch-size", "4", "--device", "cpu", "--image-size",
+            str(SIZE), "--dtype", "float32", "-q", "--store", str(store_dir), "--att-splits",
+            str(world["att"]), "--allow-mismatch"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    expected = FeatureDir.open(feats).read(0, 12, np.empty((12, 2048, 4), dtype=np.float32))
+    with BenchmarkStore.open(store_dir) as store:
+        np.testing.assert_allclose(store.gather_numpy(np.arange(12)), expected, rtol=1e-5,
+                                   atol=1e-5)
+        np.testing.assert_array_equal(store.labels, world["bench"]["labels"])
+    missing = CliRunner().invoke(main, args[:-3] + ["--force"])
+    assert missing.exit_code == 2 and "--store needs --att-splits" in missing.output
