@@ -36,7 +36,11 @@ def evaluate_source(source: str, data: str, overrides: dict[str, Any] | None = N
         cfg_dict = dict(getattr(model, "msdn_tune_config", {}) or {})
         cfg = TrainConfig.from_dict({**cfg_dict, **overrides})
         trainer = Trainer(cfg, bench)
-        _check_shapes(trainer, source)
+        # A registered model carries its shapes in its weights: classes x attributes in `att`,
+        # channels in W_1's width.
+        att, w1 = model.state_dict()["att"], model.state_dict()["W_1"]
+        _check_shapes(trainer, source, {"n_classes": att.shape[0], "n_attributes": att.shape[1],
+                                        "channels": w1.shape[1]})
         trainer.model.load_state_dict(model.state_dict())
         return evaluate_run(trainer, use_best=False)
     state = load_checkpoint(source)

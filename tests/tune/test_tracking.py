@@ -450,3 +450,30 @@ def test_cli_ui_serves_until_ctrl_c(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_registered_model_on_a_benchmark_of_other_shapes_exits_2(tmp_path):
+    """`evaluate models:/...` names the shape mismatch instead of a torch traceback."""
+    import subprocess
+    import sys
+
+    from msdn_tune.data.resolve import open_benchmark
+    from msdn_tune.train.config import TrainConfig
+    from msdn_tune.train.trainer import build_model
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    bench = open_benchmark("tiny")
+    cfg = TrainConfig.from_dict({"dataset": "synthetic"})
+    model = build_model(cfg, bench)
+    model.msdn_tune_config = cfg.to_dict()
+    study = StudyTracker(uri, "shapes")
+    parent = study.start("shapes", space_file=None, resolved_config={}, search_settings={})
+    trial = TrialTracker(uri, study.experiment_id, parent, trial_id="a", trial_name="a",
+                         study="shapes", params={})
+    log_champion(uri, model=model, dataset="synthetic", study="shapes", trial_id="a",
+                 run_id=trial.run_id, metric="best/H", value=0.5)
+    res = subprocess.run([sys.executable, "-m", "msdn_tune.cli", "evaluate",
+                          "models:/msdn-synthetic@champion", "--data", "demo", "--tracking-uri",
+                          uri], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "trained with n_classes=30" in res.stderr and "Traceback" not in res.stderr
