@@ -13,6 +13,7 @@ import click
 
 from msdn_tune import __version__
 from msdn_tune.errors import MsdnTuneError
+from msdn_tune.units import human_bytes
 
 
 class _Group(click.Group):
@@ -45,15 +46,6 @@ def main() -> None:
 # --- data commands (msdn_tune.data) -------------------------------------------------------------
 
 
-def _human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
 def _print_store_summary(info: dict) -> None:
     grid = f" (grid {info['grid'][0]}x{info['grid'][1]})" if info["grid"] else ""
     word = f"yes, dim {info['word_dim']}" if info["word_vectors"] else "no"
@@ -65,7 +57,7 @@ def _print_store_summary(info: dict) -> None:
         ("created", info["created"]),
         ("features", f"{info['n_images']} x {info['channels']} x {info['regions']}{grid}"),
         ("dtype", info["dtype"]),
-        ("bytes", f"{_human_bytes(info['feature_bytes'])} ({info['file_bytes']} on disk)"),
+        ("bytes", f"{human_bytes(info['feature_bytes'])} ({info['file_bytes']} on disk)"),
         (
             "classes",
             f"{info['n_classes']} ({info['n_seen']} seen / {info['n_unseen']} unseen; validation "
@@ -599,7 +591,7 @@ def submit_cmd(address: str | None, space_file: str, storage_path: str | None,
     for w in plan.warnings:
         click.secho(f"warning: {w}", fg="yellow", err=True)
     click.echo(f"upload: {plan.runtime_env['working_dir']} "
-               f"({cluster.human_bytes(plan.upload.total_bytes)}, {plan.upload.n_files} files)")
+               f"({human_bytes(plan.upload.total_bytes)}, {plan.upload.n_files} files)")
     click.echo(f"entrypoint: {plan.entrypoint}")
     if dry_run:
         click.echo(json.dumps({"submission_id": plan.submission_id,

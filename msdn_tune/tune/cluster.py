@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from msdn_tune.errors import ClusterError
+from msdn_tune.units import human_bytes
 
 # --- shared storage (hpo-notes B10, C4) ---------------------------------------------------------
 
@@ -335,16 +336,6 @@ class UploadReport:
         """The biggest top-level folders and files, for error messages."""
         items = self.largest_dirs[:5] + self.largest_files[:5]
         return ", ".join(f"{name} ({human_bytes(size)})" for name, size in items)
-
-
-def human_bytes(n: int) -> str:
-    """1536 -> '1.5 KiB'."""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def scan_working_dir(root: str | Path, excludes: Sequence[str] = ()) -> UploadReport:
