@@ -454,7 +454,8 @@ class _Fused:
     case: _GzslCase
 
 
-def _fuse(ev: EvalLogits, w1: float) -> _Fused:
+def fused_logits(ev: EvalLogits, w1: float) -> tuple[np.ndarray, np.ndarray]:
+    """(seen-set, unseen-set) logits ``w1*AVA + (1-w1)*VAA + margin``, as predictions use them."""
     if not 0.0 <= w1 <= 1.0:
         raise ConfigError(f"eval w1 must be in [0, 1] (weight of the AVA sub-net), got {w1}")
     seen = np.unique(_labels(ev.seen, "seen"))
@@ -468,6 +469,13 @@ def _fuse(ev: EvalLogits, w1: float) -> _Fused:
         + w2 * _logits(ev.z_vaa_unseen, "z_vaa_unseen")
         + m
     )
+    return zs, zu
+
+
+def _fuse(ev: EvalLogits, w1: float) -> _Fused:
+    zs, zu = fused_logits(ev, w1)
+    seen = np.unique(_labels(ev.seen, "seen"))
+    unseen = np.unique(_labels(ev.unseen, "unseen"))
     case = _prepare(zs, ev.y_seen, zu, ev.y_unseen, seen, unseen, ev.candidates)
     return _Fused(zsl_acc=zsl_accuracy(zu, ev.y_unseen, unseen), case=case)
 

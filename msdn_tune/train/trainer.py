@@ -453,7 +453,7 @@ def evaluate_run(trainer: Trainer, *, use_best: bool = True) -> dict[str, Any]:
     the eval-only tuned settings, each labelled, so that published-protocol numbers and tuned
     ones are never confused.
     """
-    from msdn_tune.train.metrics import gamma_sweep
+    from msdn_tune.train.metrics import fused_logits, gamma_sweep
 
     if use_best and trainer.best_state is not None:
         trainer.model.load_state_dict(trainer.best_state)
@@ -461,10 +461,9 @@ def evaluate_run(trainer: Trainer, *, use_best: bool = True) -> dict[str, Any]:
     cfg = trainer.cfg
     out: dict[str, Any] = {f"test/{k}": float(v)
                            for k, v in evaluate_logits(ev, cfg.w1, cfg.gamma).items()}
-    m = margin_vector(trainer.bench.n_classes, ev.unseen, ev.margin).numpy()
-    fused_s = cfg.w1 * ev.z_ava_seen + (1 - cfg.w1) * ev.z_vaa_seen + m
-    fused_u = cfg.w1 * ev.z_ava_unseen + (1 - cfg.w1) * ev.z_vaa_unseen + m
-    sweep = gamma_sweep(fused_s, ev.y_seen, fused_u, ev.y_unseen, ev.seen, ev.unseen)
+    fused_s, fused_u = fused_logits(ev, cfg.w1)
+    sweep = gamma_sweep(fused_s, ev.y_seen, fused_u, ev.y_unseen, ev.seen, ev.unseen,
+                        candidates=ev.candidates)
     out["test/ausuc"] = float(sweep["ausuc"])
     out["test/best_gamma"] = float(sweep["best_gamma"])
     out["test/H_best_gamma"] = float(sweep["best_H"])
