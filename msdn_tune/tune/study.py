@@ -280,6 +280,31 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
             meta or list(exp_dir.glob("experiment_state-*.json"))):
         raise MsdnTuneError(f"study {space.name!r} already exists at {exp_dir}; continue it with "
                             "--resume, or choose another --name")
+    def setup_tracking() -> tuple[str, Any, str, str]:
+        """The study's parent run (checked store, reopened on resume, stale children closed)."""
+        from msdn_tune.tune.tracking import StudyTracker, check_tracking, resolve_tracking_uri
+
+        uri = resolve_tracking_uri(tracking_uri, (space.tracking or {}).get("uri"))
+        check_tracking(uri)
+        experiment = (space.tracking or {}).get("experiment") or space.name
+        tracker = StudyTracker(uri, experiment)
+        parent = tracker.start(
+            space.name, parent_run_id=meta.get("parent_run_id"), space_file=space_file,
+            resolved_config=space.to_dict(),
+            search_settings={"sampler": space.sampler, "scheduler": space.scheduler,
+                             "num_samples": space.num_samples,
+                             "max_concurrent_trials": space.max_concurrent_trials})
+        if resume:
+            closed = tracker.close_stale_children()
+            if closed:
+                console.print(f"closed {closed} trial run(s) left RUNNING as KILLED")
+        return uri, tracker, parent, tracker.experiment_id
+
+    # A Ray we start here is one local node, whose storage check cannot refuse: the MLflow set-up
+    # (a second or more) then runs while Ray starts instead of after it.
+    pending = None
+    if tracking and address in (None, "", "local") and not _ray_running():
+        pending = _background(setup_tracking)
     started = init_ray(address)
     try:
         # Before anything is written: a refused study leaves nothing behind.
@@ -290,23 +315,7 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
         uri = parent = exp_id = None
         tracker = None
         if tracking:
-            from msdn_tune.tune.tracking import StudyTracker, check_tracking, resolve_tracking_uri
-
-            uri = resolve_tracking_uri(tracking_uri, (space.tracking or {}).get("uri"))
-            check_tracking(uri)
-            experiment = (space.tracking or {}).get("experiment") or space.name
-            tracker = StudyTracker(uri, experiment)
-            parent = tracker.start(
-                space.name, parent_run_id=meta.get("parent_run_id"), space_file=space_file,
-                resolved_config=space.to_dict(),
-                search_settings={"sampler": space.sampler, "scheduler": space.scheduler,
-                                 "num_samples": space.num_samples,
-                                 "max_concurrent_trials": space.max_concurrent_trials})
-            exp_id = tracker.experiment_id
-            if resume:
-                closed = tracker.close_stale_children()
-                if closed:
-                    console.print(f"closed {closed} trial run(s) left RUNNING as KILLED")
+            uri, tracker, parent, exp_id = pending.result() if pending else setup_tracking()
         warm_rows = _warm_start_rows(warm_start, storage, uri) if warm_start else None
         _save_meta(exp_dir, {
             **meta, "name": space.name, "space_file": str(space_file) if space_file else None,
@@ -348,6 +357,22 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
     finally:
         if shutdown is not None:
             shutdown.join()
+
+
+def _ray_running() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
+def _background(fn: Any) -> Any:
+    """Run `fn` in a thread; `.result()` returns its value or raises its exception."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="msdn-setup")
+    future = pool.submit(fn)
+    pool.shutdown(wait=False)
+    return future
 
 
 def _warm_start_rows(warm_start: str, storage: Path, uri: str | None) -> list[TrialRow]:
