@@ -146,32 +146,21 @@ def optuna_study(space: SearchSpace, rows: list[TrialRow]) -> Any:
     return study
 
 
-def _asha_metric(space: SearchSpace) -> tuple[str, str]:
-    """ASHA watches the first objective when it is reported every epoch, else best/H."""
-    first = space.objectives[0]
-    if first.metric.startswith(("val/", "best/")):
-        return first.metric, first.mode
-    return "best/H", "max"
-
-
 def asha_scheduler(space: SearchSpace) -> Any:
     """The space's ASHA scheduler (None for `scheduler: {type: none}`), on our `epoch` clock.
 
-    Every option the space validated is used: its watched metric and mode (the space resolves
-    their defaults), grace period, max_t, reduction factor and brackets.
+    The space has already resolved and validated every option (watched metric and mode, grace
+    period, max_t, reduction factor, brackets); they are used as they are.
     """
     from ray.tune.schedulers import ASHAScheduler
 
     sch = space.scheduler
-    if sch.get("type", "asha") != "asha":
+    if sch["type"] != "asha":
         return None
-    metric, mode = _asha_metric(space)
     return ASHAScheduler(
-        time_attr="epoch", metric=sch.get("metric") or metric, mode=sch.get("mode") or mode,
-        max_t=int(sch.get("max_t") or space.fixed.get("epochs", 30)),
-        grace_period=int(sch.get("grace_period", 1)),
-        reduction_factor=float(sch.get("reduction_factor", 2)),
-        brackets=int(sch.get("brackets") or 1))
+        time_attr="epoch", metric=sch["metric"], mode=sch["mode"], max_t=int(sch["max_t"]),
+        grace_period=int(sch["grace_period"]), reduction_factor=float(sch["reduction_factor"]),
+        brackets=int(sch["brackets"]))
 
 
 def build_tuner(space: SearchSpace, static: Any, *, exp_dir: Path, resume: bool,
