@@ -448,15 +448,10 @@ def results_cmd(study: str, parquet_out: str | None, storage_path: str) -> None:
               help="Where to look for STUDY when it is a name.")
 def best_cmd(study: str, storage_path: str) -> None:
     """Print the best completed trial (Pareto front when multi-objective)."""
-    from msdn_tune.space import parse_space
     from msdn_tune.tune.display import make_console, print_best
-    from msdn_tune.tune.results import best_trials, load_trials, read_study_meta, study_dir
+    from msdn_tune.tune.results import best_trials, load_trials, study_space
 
-    path = study_dir(study, storage_path)
-    meta = read_study_meta(path)
-    if "space" not in meta:
-        raise MsdnTuneError(f"{path}: no msdn-tune study metadata (was it made by msdn-tune run?)")
-    space = parse_space(meta["space"], source=str(path))
+    path, space = study_space(study, storage_path)
     rows = load_trials(path)
     objectives = [(o.metric, o.mode) for o in space.objectives]
     print_best(best_trials(rows, objectives), make_console(), space.multi_objective)

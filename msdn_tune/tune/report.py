@@ -42,16 +42,12 @@ def study_report(
     a completed trial (nothing to plot), and :class:`TrackingError` when the plots were written
     but the study's tracking store cannot take them (the message says where they are).
     """
-    from msdn_tune.space import parse_space
-    from msdn_tune.tune.results import load_trials, read_study_meta, study_dir
+    from msdn_tune.tune.results import load_trials, read_study_meta, study_space
     from msdn_tune.tune.study import optuna_study
     from msdn_tune.tune.tracking import study_plots
 
-    path = study_dir(study, storage_path)
+    path, space = study_space(study, storage_path)
     meta = read_study_meta(path)
-    if "space" not in meta:
-        raise MsdnTuneError(f"{path}: no msdn-tune study metadata (was it made by msdn-tune run?)")
-    space = parse_space(meta["space"], source=str(path))
     rows = load_trials(path)
     if not any(r.status == "completed" for r in rows):
         raise MsdnTuneError(f"{path}: no completed trial yet ({len(rows)} trials), nothing to plot")

@@ -11,13 +11,16 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from msdn_tune.errors import MsdnTuneError
 from msdn_tune.tune.searcher import trial_outcome
+
+if TYPE_CHECKING:
+    from msdn_tune.space import SearchSpace
 
 STUDY_FILE = "msdn_study.json"
 TRIALS_FILE = "trials.parquet"
@@ -70,6 +73,18 @@ def read_study_meta(path: Path) -> dict[str, Any]:
         return json.loads(f.read_text())
     except json.JSONDecodeError as exc:
         raise MsdnTuneError(f"{f}: corrupt study metadata ({exc})") from None
+
+
+def study_space(study: str | Path, storage_path: str | Path | None = None
+                ) -> tuple[Path, SearchSpace]:
+    """A study's folder and the search space it ran with (from its msdn-tune metadata)."""
+    from msdn_tune.space import parse_space
+
+    path = study_dir(study, storage_path)
+    meta = read_study_meta(path)
+    if "space" not in meta:
+        raise MsdnTuneError(f"{path}: no msdn-tune study metadata (was it made by msdn-tune run?)")
+    return path, parse_space(meta["space"], source=str(path))
 
 
 def load_trials(path: Path) -> list[TrialRow]:
