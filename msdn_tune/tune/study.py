@@ -210,19 +210,51 @@ def build_tuner(space: SearchSpace, static: Any, *, exp_dir: Path, resume: bool,
     )
 
 
-def _check_resumable(space: SearchSpace, meta: dict[str, Any]) -> None:
-    """Refuse a resume that asks for another number of trials.
+#: What a resumed study keeps from its first run. Ray's `Tuner.restore` reuses the pickled
+#: TuneConfig (num_samples, max_concurrent_trials), searcher (params, objective, sampler) and
+#: scheduler, while the trainable (data, fixed settings, resources) is rebuilt from the current
+#: file: a change to any of them would be ignored, or would train the rest of one study
+#: differently from its first trials.
+KEPT_ON_RESUME = ("data", "fixed", "params", "objective", "sampler", "scheduler", "num_samples",
+                  "max_concurrent_trials", "resources")
 
-    Ray's `Tuner.restore` keeps the original TuneConfig, so a changed num_samples would be
-    ignored and the study then judged against the new number: never complete, however often it
-    is resumed.
+
+def _check_resumable(space: SearchSpace, meta: dict[str, Any]) -> None:
+    """Refuse a resume whose settings differ from the study's own, naming every change.
+
+    A changed num_samples in particular would leave the study judged against a number Ray never
+    runs to: never complete, however often it is resumed.
     """
-    before = (meta.get("space") or {}).get("num_samples")
-    if before is not None and int(before) != space.num_samples:
+    before = meta.get("space") or {}
+    now = json.loads(json.dumps(space.to_dict(), default=str))  # as study.json stores it
+    changes: list[str] = []
+    for key in KEPT_ON_RESUME:
+        if key in before:
+            changes += _differences(before[key], now.get(key), key)
+    if changes:
+        shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8
+                                          else "")
         raise MsdnTuneError(
-            f"--resume: study {space.name!r} was started with num_samples={before} and a resumed "
-            f"study keeps it (got {space.num_samples}); to run more trials, start a new study "
-            f"with --name NEW --warm-start {space.name}")
+            f"--resume: study {space.name!r} keeps the settings it was started with, and these "
+            f"differ now (started with -> given): {shown}. Resume with the original file and "
+            f"options; to search with new settings or more trials, start a new study with "
+            f"--name NEW --warm-start {space.name}")
+
+
+def _differences(old: Any, new: Any, where: str) -> list[str]:
+    """`where: old -> new` for every leaf that differs between two JSON-like values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += _differences(old.get(k, _UNSET), new.get(k, _UNSET), f"{where}.{k}")
+        return out
+    if old == new:
+        return []
+    shown = ["(not set)" if v is _UNSET else json.dumps(v) for v in (old, new)]
+    return [f"{where}: {shown[0]} -> {shown[1]}"]
+
+
+_UNSET = object()
 
 
 def _save_meta(exp_dir: Path, meta: dict[str, Any]) -> None:

@@ -1,5 +1,5 @@
-"""Study set-up without a Ray instance: the ASHA scheduler follows the space, and a resume that
-asks for another num_samples is refused before anything starts."""
+"""Study set-up without a Ray instance: the ASHA scheduler follows the space, and a resume whose
+settings differ from the study's own is refused before anything starts."""
 
 from __future__ import annotations
 
@@ -40,8 +40,31 @@ def test_resume_with_another_num_samples_is_refused(tmp_path):
     exp = tmp_path / "results" / "s"
     exp.mkdir(parents=True)
     (exp / STUDY_FILE).write_text(json.dumps({"space": {**space.to_dict(), "num_samples": 2}}))
-    with pytest.raises(MsdnTuneError, match="num_samples=2"):
+    with pytest.raises(MsdnTuneError, match=r"num_samples: 2 -> 4.*--warm-start s"):
         run_study(space, resume=True, tracking=False)
+
+
+def test_resume_with_changed_trial_settings_is_refused_naming_each_change(tmp_path):
+    """Ray's restore would ignore a new concurrency and rebuild trials with new fixed settings:
+    both are refused, every changed key named, nothing written."""
+    first = parse_space(_doc(tmp_path))
+    exp = tmp_path / "results" / "s"
+    exp.mkdir(parents=True)
+    stored = json.dumps({"space": first.to_dict()})
+    (exp / STUDY_FILE).write_text(stored)
+    changed = parse_space(_doc(
+        tmp_path, fixed={"dataset": "synthetic", "epochs": 6, "margin": 0.5},
+        max_concurrent_trials=3,
+        params={"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}))
+    with pytest.raises(MsdnTuneError) as err:
+        run_study(changed, resume=True, tracking=False)
+    text = str(err.value)
+    assert "fixed.margin: (not set) -> 0.5" in text
+    assert "max_concurrent_trials: 1 -> 3" in text
+    assert "params.lr.high: 0.01 -> 0.1" in text
+    assert "num_samples" not in text and "fixed.epochs" not in text  # unchanged: not listed
+    assert (exp / STUDY_FILE).read_text() == stored and sorted(p.name for p in exp.iterdir()) == [
+        STUDY_FILE]
 
 
 def test_next_steps_name_the_configured_storage_and_never_offer_a_resume_that_extends(tmp_path):
