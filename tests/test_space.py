@@ -134,13 +134,19 @@ def test_dataset_space_is_centred_on_the_published_recipe(dataset):
     assert space.params["lambda_causal"].when == {"intervention": ("random", "uniform", "shuffle")}
 
 
-def test_demo_space_is_small_and_cpu_only():
+def test_demo_space_is_the_cub_search_on_cpu_and_small():
+    """The demo searches what the CUB study searches, on CPU, with ASHA keeping it short."""
     space = load_space(SPACES / "demo.yaml")
+    cub = load_space(SPACES / "cub.yaml")
     assert space.data == "demo" and space.fixed["dataset"] == "synthetic"
-    assert space.num_samples <= 24 and space.max_concurrent_trials == 2
-    assert space.resources == {"cpu": 1, "gpu": 0}
-    assert space.scheduler["grace_period"] == 2 and space.scheduler["max_t"] <= 12
-    assert space.params["lambda_causal"].when is not None
+    assert set(space.params) == set(cub.params)
+    def conditions(s):
+        return {n: p.when for n, p in s.params.items()}
+
+    assert conditions(space) == conditions(cub)
+    assert space.max_concurrent_trials == 2 and space.resources == {"cpu": 1, "gpu": 0}
+    assert space.scheduler["type"] == "asha" and space.scheduler["max_t"] == space.fixed["epochs"]
+    assert space.num_samples * space.fixed["epochs"] <= 64 * 30
 
 
 def test_a_multi_objective_example_ships():
@@ -721,7 +727,7 @@ def test_objective_metrics_match_the_architecture_names():
 def test_cli_validate_ok():
     result = CliRunner().invoke(main, ["space", "validate", str(SPACES / "demo.yaml")])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("ok: demo: 7 params (1 conditional)")
+    assert result.output.startswith("ok: demo: 13 params (2 conditional)")
 
 
 def test_cli_validate_invalid_exits_2_without_traceback(tmp_path):
