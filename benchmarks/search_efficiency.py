@@ -53,22 +53,13 @@ class Search:
     wall_s: float
 
 
-def epoch_events(exp_dir: Path) -> list[tuple[float, float]]:
-    """(timestamp, best/H) of every reported epoch of every trial, in time order."""
-    events = []
-    for progress in exp_dir.glob("*/progress.csv"):
-        with progress.open() as f:
-            events += [(float(r["timestamp"]), float(r["best/H"])) for r in csv.DictReader(f)]
-    return sorted(events)
-
-
-def per_trial_curves(exp_dir: Path) -> list[list[float]]:
-    """best/H after each epoch, for every trial (in epoch order)."""
+def trial_epochs(exp_dir: Path) -> list[list[tuple[float, float]]]:
+    """(timestamp, best/H) of every reported epoch, one list per trial in epoch order."""
     out = []
     for progress in sorted(exp_dir.glob("*/progress.csv")):
         with progress.open() as f:
             rows = sorted(csv.DictReader(f), key=lambda r: float(r["epoch"]))
-        out.append([float(r["best/H"]) for r in rows])
+        out.append([(float(r["timestamp"]), float(r["best/H"])) for r in rows])
     return out
 
 
@@ -112,8 +103,9 @@ def run(method: str, seed: int, trials: int, root: Path) -> Search:
     if not out.complete:
         raise SystemExit(f"{method} seed {seed}: the study did not complete ({out.path})")
     done = [r for r in out.rows if r.status == "completed"]
-    return Search(curve=best_so_far([h for _, h in epoch_events(out.path)]),
-                  per_trial=per_trial_curves(out.path),
+    epochs = trial_epochs(out.path)
+    return Search(curve=best_so_far([h for _, h in sorted(e for t in epochs for e in t)]),
+                  per_trial=[[h for _, h in t] for t in epochs],
                   best_completed=max((r.metrics.get("best/H", 0.0) for r in done), default=0.0),
                   completed=len(done), trials=len(out.rows), wall_s=wall)
 
@@ -147,6 +139,7 @@ def report(seed: int, rnd: Search, tpe: Search, rungs: list[int]) -> float | Non
 
 def main() -> None:
     from msdn_tune.space import load_space
+    from msdn_tune.tune.study import asha_scheduler
 
     demo = load_space(DEMO)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -161,9 +154,9 @@ def main() -> None:
     ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     root = Path(tempfile.mkdtemp(prefix="msdn-eff-"))
     print(f"demo space: {demo.summary()}")
-    sch = demo.scheduler
-    rungs = [int(sch["grace_period"] * sch["reduction_factor"] ** k) for k in range(8)
-             if sch["grace_period"] * sch["reduction_factor"] ** k < sch["max_t"]]
+    # The rungs Ray's ASHA judges at (before max_t, where every trial stops anyway).
+    sched = asha_scheduler(demo)
+    rungs = sorted(int(m) for m, _ in sched._brackets[0]._rungs if m < sched._max_t)
     fractions: list[float | None] = []
     try:
         for seed in args.seeds:

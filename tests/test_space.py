@@ -136,13 +136,13 @@ def test_dataset_space_is_centred_on_the_published_recipe(dataset):
 
 def test_demo_space_is_the_cub_search_on_cpu_and_small():
     """The demo searches what the CUB study searches, on CPU, with ASHA keeping it short."""
+    def conditions(s):
+        return {n: p.when for n, p in s.params.items()}
+
     space = load_space(SPACES / "demo.yaml")
     cub = load_space(SPACES / "cub.yaml")
     assert space.data == "demo" and space.fixed["dataset"] == "synthetic"
     assert set(space.params) == set(cub.params)
-    def conditions(s):
-        return {n: p.when for n, p in s.params.items()}
-
     assert conditions(space) == conditions(cub)
     assert space.max_concurrent_trials == 2 and space.resources == {"cpu": 1, "gpu": 0}
     assert space.scheduler["type"] == "asha" and space.scheduler["max_t"] == space.fixed["epochs"]
