@@ -19,7 +19,14 @@ trial-epochs over random search's) and the best H among trials that ran all thei
 is what `msdn-tune best` reports and the champion model is chosen from (an ASHA-stopped trial's
 checkpoint is a partly trained model).
 
-Usage: python benchmarks/search_efficiency.py [--trials N] [--seeds 0 1 2] [--keep]
+Across seeds it also prints the mean curves (a finished search stays at its final best): the
+trial-epochs TPE + ASHA's mean curve needs to reach random search's mean final best, the reading
+used where HPO methods are compared over seeds, beside the per-seed count. `--json OUT` saves every
+seed's curves, so runs on different seeds can be pooled with `--pool A.json B.json ...` (no
+training; prints the same summary over all their seeds).
+
+Usage: python benchmarks/search_efficiency.py [--trials N] [--seeds 0 1 2] [--keep] [--json OUT]
+       python benchmarks/search_efficiency.py --pool A.json B.json
 (a seed takes about 6 minutes on 2 cores at the demo's 64 trials x 30 epochs).
 """
 
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import os
 import shutil
@@ -110,8 +118,8 @@ def run(method: str, seed: int, trials: int, root: Path) -> Search:
                   completed=len(done), trials=len(out.rows), wall_s=wall)
 
 
-def report(seed: int, rnd: Search, tpe: Search, rungs: list[int]) -> float | None:
-    """Print one seed's comparison; returns the headline fraction (None: never reached)."""
+def report(seed: int, rnd: Search, tpe: Search, rungs: list[int]) -> None:
+    """Print one seed's comparison: the curves, spend, and the per-seed headline."""
     target, budget = rnd.curve[-1], len(rnd.curve)
     reach = next((i + 1 for i, h in enumerate(tpe.curve) if h >= target), None)
     print(f"\nseed {seed}:")
@@ -134,7 +142,58 @@ def report(seed: int, rnd: Search, tpe: Search, rungs: list[int]) -> float | Non
     print("  TPE+ASHA reached random's final best H "
           + (f"after {reach} trial-epochs = {frac:.2f} of random's budget" if frac is not None
              else f"never (its final best is {100 * (tpe.curve[-1] - target):+.2f} points)"))
-    return frac
+
+
+def mean_curve(curves: list[list[float]], length: int) -> list[float]:
+    """Mean best-so-far over seeds, each curve held at its final value once its search ended."""
+    return [sum(c[min(k, len(c)) - 1] for c in curves) / len(curves) for k in range(1, length + 1)]
+
+
+def summarise(seeds: list[int], runs: list[dict[str, list[float]]]) -> None:
+    """The per-seed headline count and the mean-curve reading over all `runs` (one per seed)."""
+    fractions = []
+    for r in runs:
+        target = r["random"][-1]
+        reach = next((i + 1 for i, h in enumerate(r["tpe+asha"]) if h >= target), None)
+        fractions.append(None if reach is None else reach / len(r["random"]))
+    met = sum(f is not None and f <= 1 / 3 for f in fractions)
+    ordered = sorted(f if f is not None else float("inf") for f in fractions)
+    median = ordered[len(ordered) // 2] if len(ordered) % 2 else None
+    shown = ["never" if f is None else f"{f:.2f}" for f in fractions]
+    print(f"\nsummary, seeds {seeds}: fraction of random search's trial-epochs TPE+ASHA "
+          f"needed to reach its final best H = {shown}; target <= 0.33 met on {met} of "
+          f"{len(fractions)} seeds"
+          + (f"; median {'never' if median == float('inf') else f'{median:.2f}'}"
+             if median is not None else ""))
+    budget = max(len(r["random"]) for r in runs)
+    n = len(runs)
+
+    def at(method: str, k: int) -> tuple[float, float]:
+        """Mean over seeds of the best H after k trial-epochs, and its standard error."""
+        vals = [r[method][min(k, len(r[method])) - 1] for r in runs]
+        m = sum(vals) / n
+        return m, ((sum((v - m) ** 2 for v in vals) / (n - 1) / n) ** 0.5 if n > 1 else 0.0)
+
+    print(f"mean over {n} seeds (± standard error), best H after k trial-epochs:")
+    print("  k (fraction of random's)    random          TPE+ASHA")
+    for frac in (1 / 16, 1 / 8, 1 / 4, 1 / 3, 1 / 2, 1):
+        k = max(1, round(frac * budget))
+        (rm, rs), (tm, ts) = at("random", k), at("tpe+asha", k)
+        print(f"  {k:5d} ({frac:4.2f})              {100 * rm:6.2f} ± {100 * rs:4.2f}"
+              f"  {100 * tm:6.2f} ± {100 * ts:4.2f}")
+    third = round(budget / 3)
+    diffs = [r["tpe+asha"][min(third, len(r["tpe+asha"])) - 1] - r["random"][-1] for r in runs]
+    mean = sum(diffs) / n
+    sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5 if n > 1 else 0.0
+    print(f"  per seed, TPE+ASHA's best H at 1/3 of random's budget minus random's final best H: "
+          f"mean {100 * mean:+.2f} ± {100 * sd / n**0.5:.2f} (standard error)")
+    rnd = mean_curve([r["random"] for r in runs], budget)
+    tpe = mean_curve([r["tpe+asha"] for r in runs], budget)
+    reach = next((i + 1 for i, h in enumerate(tpe) if h >= rnd[-1]), None)
+    print("  TPE+ASHA's mean curve reached random's mean final best H "
+          + (f"after {reach / budget:.2f} of random's budget" if reach is not None
+             else f"never (it ends {100 * (tpe[-1] - rnd[-1]):+.2f} points from it)")
+          + f"; target <= 0.33 {'met' if reach is not None and reach <= budget / 3 else 'not met'}")
 
 
 def main() -> None:
@@ -147,7 +206,14 @@ def main() -> None:
                     help=f"trials per search (default: the demo's {demo.num_samples})")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--keep", action="store_true", help="keep the study folders")
+    ap.add_argument("--json", type=Path, help="save every seed's curves to this file")
+    ap.add_argument("--pool", type=Path, nargs="+",
+                    help="summarise saved --json files together instead of running searches")
     args = ap.parse_args()
+    if args.pool:
+        saved = [json.loads(p.read_text()) for p in args.pool]
+        summarise([s for d in saved for s in d["seeds"]], [r for d in saved for r in d["runs"]])
+        return
 
     import ray
 
@@ -157,27 +223,22 @@ def main() -> None:
     # The rungs Ray's ASHA judges at (before max_t, where every trial stops anyway).
     sched = asha_scheduler(demo)
     rungs = sorted(int(m) for m, _ in sched._brackets[0]._rungs if m < sched._max_t)
-    fractions: list[float | None] = []
+    runs: list[dict[str, list[float]]] = []
     try:
         for seed in args.seeds:
             searches = {}
             for method in ("random", "tpe+asha"):
                 print(f"[seed {seed}] {method}: {args.trials} trials ...", flush=True)
                 searches[method] = run(method, seed, args.trials, root)
-            fractions.append(report(seed, searches["random"], searches["tpe+asha"], rungs))
+            report(seed, searches["random"], searches["tpe+asha"], rungs)
+            runs.append({m: s.curve for m, s in searches.items()})
+            if args.json:
+                args.json.write_text(json.dumps({"seeds": args.seeds[:len(runs)], "runs": runs}))
     finally:
         ray.shutdown()
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    met = sum(f is not None and f <= 1 / 3 for f in fractions)
-    ordered = sorted(f if f is not None else float("inf") for f in fractions)
-    median = ordered[len(ordered) // 2] if len(ordered) % 2 else None
-    shown = ["never" if f is None else f"{f:.2f}" for f in fractions]
-    print(f"\nsummary, seeds {args.seeds}: fraction of random search's trial-epochs TPE+ASHA "
-          f"needed to reach its final best H = {shown}; target <= 0.33 met on {met} of "
-          f"{len(fractions)} seeds"
-          + (f"; median {'never' if median == float('inf') else f'{median:.2f}'}"
-             if median is not None else ""))
+    summarise(args.seeds, runs)
     print(f"results {'kept in ' + str(root) if args.keep else 'removed (--keep keeps them)'}")
 
 
