@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import json
 import logging
 import os
@@ -144,6 +145,19 @@ def report(seed: int, rnd: Search, tpe: Search, rungs: list[int]) -> None:
              else f"never (its final best is {100 * (tpe.curve[-1] - target):+.2f} points)"))
 
 
+def save_runs(path: Path, seeds: list[int], runs: list[dict[str, list[float]]]) -> None:
+    """Write the seeds' curves as JSON (gzip-compressed when `path` ends in .gz)."""
+    text = json.dumps({"seeds": seeds, "runs": [
+        {m: [round(h, 5) for h in c] for m, c in r.items()} for r in runs]}, separators=(",", ":"))
+    path.write_bytes(gzip.compress(text.encode()) if path.suffix == ".gz" else text.encode())
+
+
+def load_runs(path: Path) -> dict:
+    """Read what `save_runs` wrote."""
+    data = path.read_bytes()
+    return json.loads(gzip.decompress(data) if path.suffix == ".gz" else data)
+
+
 def mean_curve(curves: list[list[float]], length: int) -> list[float]:
     """Mean best-so-far over seeds, each curve held at its final value once its search ended."""
     return [sum(c[min(k, len(c)) - 1] for c in curves) / len(curves) for k in range(1, length + 1)]
@@ -211,7 +225,7 @@ def main() -> None:
                     help="summarise saved --json files together instead of running searches")
     args = ap.parse_args()
     if args.pool:
-        saved = [json.loads(p.read_text()) for p in args.pool]
+        saved = [load_runs(p) for p in args.pool]
         summarise([s for d in saved for s in d["seeds"]], [r for d in saved for r in d["runs"]])
         return
 
@@ -233,7 +247,7 @@ def main() -> None:
             report(seed, searches["random"], searches["tpe+asha"], rungs)
             runs.append({m: s.curve for m, s in searches.items()})
             if args.json:
-                args.json.write_text(json.dumps({"seeds": args.seeds[:len(runs)], "runs": runs}))
+                save_runs(args.json, args.seeds[:len(runs)], runs)
     finally:
         ray.shutdown()
         if not args.keep:
