@@ -90,6 +90,23 @@ def best_so_far(values: list[float]) -> list[float]:
     return out
 
 
+def value_at(curve: list[float], k: int) -> float:
+    """Best H after k trial-epochs; a search that ended before k stays at its final best."""
+    return curve[min(k, len(curve)) - 1]
+
+
+def reached(curve: list[float], target: float) -> int | None:
+    """Trial-epochs a best-so-far curve needs to reach `target` (None: never)."""
+    return next((i + 1 for i, h in enumerate(curve) if h >= target), None)
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (0 for a single value)."""
+    n = len(values)
+    m = sum(values) / n
+    return m, ((sum((v - m) ** 2 for v in values) / (n - 1) / n) ** 0.5 if n > 1 else 0.0)
+
+
 def run(method: str, seed: int, trials: int, root: Path) -> Search:
     """Run the demo study with `method` ("tpe+asha": as shipped; "random": no scheduler)."""
     from rich.console import Console
@@ -122,7 +139,7 @@ def run(method: str, seed: int, trials: int, root: Path) -> Search:
 def report(seed: int, rnd: Search, tpe: Search, rungs: list[int]) -> None:
     """Print one seed's comparison: the curves, spend, and the per-seed headline."""
     target, budget = rnd.curve[-1], len(rnd.curve)
-    reach = next((i + 1 for i, h in enumerate(tpe.curve) if h >= target), None)
+    reach = reached(tpe.curve, target)
     print(f"\nseed {seed}:")
     fidelity = rung_fidelity(rnd.per_trial, rungs)
     print("  ASHA rungs, Spearman(best/H at the rung, final best/H) over random search's trials: "
@@ -136,7 +153,7 @@ def report(seed: int, rnd: Search, tpe: Search, rungs: list[int]) -> None:
     print("  k (fraction of random's)    random  TPE+ASHA")
     for frac in (1 / 16, 1 / 8, 1 / 4, 1 / 3, 1 / 2, 1):
         k = max(1, round(frac * budget))
-        t = tpe.curve[min(k, len(tpe.curve)) - 1]
+        t = value_at(tpe.curve, k)
         print(f"  {k:5d} ({frac:4.2f})              {100 * rnd.curve[k - 1]:6.2f}  {100 * t:8.2f}"
               + ("  (TPE+ASHA finished)" if k > len(tpe.curve) else ""))
     frac = None if reach is None else reach / budget
@@ -160,15 +177,14 @@ def load_runs(path: Path) -> dict:
 
 def mean_curve(curves: list[list[float]], length: int) -> list[float]:
     """Mean best-so-far over seeds, each curve held at its final value once its search ended."""
-    return [sum(c[min(k, len(c)) - 1] for c in curves) / len(curves) for k in range(1, length + 1)]
+    return [sum(value_at(c, k) for c in curves) / len(curves) for k in range(1, length + 1)]
 
 
 def summarise(seeds: list[int], runs: list[dict[str, list[float]]]) -> None:
     """The per-seed headline count and the mean-curve reading over all `runs` (one per seed)."""
     fractions = []
     for r in runs:
-        target = r["random"][-1]
-        reach = next((i + 1 for i, h in enumerate(r["tpe+asha"]) if h >= target), None)
+        reach = reached(r["tpe+asha"], r["random"][-1])
         fractions.append(None if reach is None else reach / len(r["random"]))
     met = sum(f is not None and f <= 1 / 3 for f in fractions)
     ordered = sorted(f if f is not None else float("inf") for f in fractions)
@@ -180,15 +196,12 @@ def summarise(seeds: list[int], runs: list[dict[str, list[float]]]) -> None:
           + (f"; median {'never' if median == float('inf') else f'{median:.2f}'}"
              if median is not None else ""))
     budget = max(len(r["random"]) for r in runs)
-    n = len(runs)
 
     def at(method: str, k: int) -> tuple[float, float]:
         """Mean over seeds of the best H after k trial-epochs, and its standard error."""
-        vals = [r[method][min(k, len(r[method])) - 1] for r in runs]
-        m = sum(vals) / n
-        return m, ((sum((v - m) ** 2 for v in vals) / (n - 1) / n) ** 0.5 if n > 1 else 0.0)
+        return mean_se([value_at(r[method], k) for r in runs])
 
-    print(f"mean over {n} seeds (± standard error), best H after k trial-epochs:")
+    print(f"mean over {len(runs)} seeds (± standard error), best H after k trial-epochs:")
     print("  k (fraction of random's)    random          TPE+ASHA")
     for frac in (1 / 16, 1 / 8, 1 / 4, 1 / 3, 1 / 2, 1):
         k = max(1, round(frac * budget))
@@ -196,14 +209,12 @@ def summarise(seeds: list[int], runs: list[dict[str, list[float]]]) -> None:
         print(f"  {k:5d} ({frac:4.2f})              {100 * rm:6.2f} ± {100 * rs:4.2f}"
               f"  {100 * tm:6.2f} ± {100 * ts:4.2f}")
     third = round(budget / 3)
-    diffs = [r["tpe+asha"][min(third, len(r["tpe+asha"])) - 1] - r["random"][-1] for r in runs]
-    mean = sum(diffs) / n
-    sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5 if n > 1 else 0.0
+    mean, se = mean_se([value_at(r["tpe+asha"], third) - r["random"][-1] for r in runs])
     print(f"  per seed, TPE+ASHA's best H at 1/3 of random's budget minus random's final best H: "
-          f"mean {100 * mean:+.2f} ± {100 * sd / n**0.5:.2f} (standard error)")
+          f"mean {100 * mean:+.2f} ± {100 * se:.2f} (standard error)")
     rnd = mean_curve([r["random"] for r in runs], budget)
     tpe = mean_curve([r["tpe+asha"] for r in runs], budget)
-    reach = next((i + 1 for i, h in enumerate(tpe) if h >= rnd[-1]), None)
+    reach = reached(tpe, rnd[-1])
     print("  TPE+ASHA's mean curve reached random's mean final best H "
           + (f"after {reach / budget:.2f} of random's budget" if reach is not None
              else f"never (it ends {100 * (tpe[-1] - rnd[-1]):+.2f} points from it)")
