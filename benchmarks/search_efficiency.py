@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -170,9 +171,23 @@ def save_runs(path: Path, seeds: list[int], runs: list[dict[str, list[float]]]) 
 
 
 def load_runs(path: Path) -> dict:
-    """Read what `save_runs` wrote."""
-    data = path.read_bytes()
-    return json.loads(gzip.decompress(data) if path.suffix == ".gz" else data)
+    """Read what `save_runs` wrote; anything else exits 2 naming the file and what was wrong."""
+    try:
+        data = path.read_bytes()
+        saved = json.loads(gzip.decompress(data) if path.suffix == ".gz" else data)
+        seeds, runs = saved["seeds"], saved["runs"]
+        ok = (isinstance(seeds, list) and isinstance(runs, list) and len(seeds) == len(runs) > 0
+              and all(isinstance(r, dict) and r.get("random") and r.get("tpe+asha")
+                      for r in runs))
+    except (OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+        print(f"error: --pool {path}: cannot read saved curves ({exc})", file=sys.stderr)
+        raise SystemExit(2) from None
+    if not ok:
+        print(f"error: --pool {path}: expected what --json writes: 'seeds' and 'runs' lists of "
+              "equal, non-zero length, each run with non-empty 'random' and 'tpe+asha' curves",
+              file=sys.stderr)
+        raise SystemExit(2)
+    return saved
 
 
 def mean_curve(curves: list[list[float]], length: int) -> list[float]:
@@ -239,6 +254,10 @@ def main() -> None:
         saved = [load_runs(p) for p in args.pool]
         summarise([s for d in saved for s in d["seeds"]], [r for d in saved for r in d["runs"]])
         return
+    if args.json and not args.json.parent.is_dir():  # found out now, not after the first seed
+        print(f"error: --json {args.json}: folder {args.json.parent} does not exist",
+              file=sys.stderr)
+        raise SystemExit(2)
 
     import ray
 
