@@ -48,13 +48,15 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from msdn_tune.errors import DataError
+
+if TYPE_CHECKING:  # imported where tensors are made: resolving a store (the study driver) skips it
+    import torch
 
 FORMAT_VERSION: int = 1
 SPLIT_NAMES = ("trainval", "test_seen", "test_unseen", "train", "val_seen", "val_unseen")
@@ -1050,6 +1052,8 @@ class BenchmarkStore:
         Copies only the requested rows (never the file); the order of ``index`` is kept and
         repeats are allowed.
         """
+        import torch
+
         return torch.from_numpy(self.gather_numpy(index))
 
     def iter_batches(
@@ -1074,6 +1078,8 @@ class BenchmarkStore:
         if shuffle:
             rows = np.random.default_rng(seed).permutation(rows)
         stop = len(rows) - (len(rows) % batch_size if drop_last else 0)
+        import torch
+
         for start in range(0, stop, batch_size):
             part = rows[start : start + batch_size]
             yield part, self.gather(part), torch.from_numpy(self.labels[part].copy())

@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from msdn_tune.errors import MsdnTuneError
-from msdn_tune.tune.searcher import trial_outcome
 
 if TYPE_CHECKING:
     from msdn_tune.space import SearchSpace
@@ -25,6 +24,17 @@ if TYPE_CHECKING:
 STUDY_FILE = "msdn_study.json"
 TRIALS_FILE = "trials.parquet"
 _METRIC_PREFIXES = ("train/", "val/", "best/", "test/", "eval/", "time/")
+
+
+def trial_outcome(result: dict[str, Any] | None, error: bool = False) -> str:
+    """completed, early_stopped or failed, from a trial's last result."""
+    if error or not result:
+        return "failed"
+    if result.get("trial/diverged"):
+        return "failed"
+    epoch = float(result.get("epoch", 0))
+    total = float(result.get("epochs_total", math.inf))
+    return "completed" if epoch >= total else "early_stopped"
 
 
 @dataclass

@@ -13,23 +13,13 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from typing import Any
 
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from msdn_tune.tune.results import trial_outcome
+
 log = logging.getLogger(__name__)
-
-
-def trial_outcome(result: dict[str, Any] | None, error: bool = False) -> str:
-    """completed, early_stopped or failed, from a trial's last result."""
-    if error or not result:
-        return "failed"
-    if result.get("trial/diverged"):
-        return "failed"
-    epoch = float(result.get("epoch", 0))
-    total = float(result.get("epochs_total", math.inf))
-    return "completed" if epoch >= total else "early_stopped"
 
 
 class MsdnOptunaSearch(OptunaSearch):

@@ -692,6 +692,7 @@ _DRIVER = textwrap.dedent(
     """
     import json, re, sys
     from pathlib import Path
+    import torch  # converts dtypes inside the import: its fixed footprint is not what is bounded
     from msdn_tune.data.importers import import_hdf5
 
     def status(key):

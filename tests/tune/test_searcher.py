@@ -5,7 +5,8 @@ from __future__ import annotations
 from optuna.trial import TrialState
 
 from msdn_tune.space import define_by_run, make_sampler, parse_space
-from msdn_tune.tune.searcher import MsdnOptunaSearch, trial_outcome
+from msdn_tune.tune.results import trial_outcome
+from msdn_tune.tune.searcher import MsdnOptunaSearch
 
 DOC = {
     "version": 1, "name": "s", "data": "tiny", "fixed": {"dataset": "synthetic", "epochs": 4},
