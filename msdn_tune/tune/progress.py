@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from ray.tune import Callback
@@ -78,3 +80,26 @@ class StudyProgress(Callback):
             self._refresh()
             self._bar.stop()
             self._bar = None
+
+
+class WindDown(Callback):
+    """Calls `prepare` once, in a thread, when the study's last trial starts.
+
+    The end of a study needs imports that take seconds (plots, the champion model). Run at the
+    start of the study they hold the driver's GIL while Tune starts the first trials; by the time
+    the last trial starts there is nothing left to hand out, so they delay no trial's start.
+    `prepare` is pickled with the run config: pass a module-level function.
+    """
+
+    def __init__(self, total: int, prepare: Callable[[], None]) -> None:
+        self.total, self.prepare = total, prepare
+        self._fired = False
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # Tune calls this just before marking `trial` RUNNING, so it is still PENDING here.
+        if self._fired or len(trials) < self.total:
+            return
+        if any(t is not trial and t.status == "PENDING" for t in trials):
+            return
+        self._fired = True
+        threading.Thread(target=self.prepare, name="wind-down", daemon=True).start()

@@ -9,6 +9,7 @@ and an incomplete study is never reported as finished.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import shlex
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,8 +72,11 @@ def init_ray(address: str | None) -> bool:
         return False
     if address in (None, "", "local"):
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # Ray prestarts a default worker per CPU for the first driver. Tune's trial actors carry
+        # a runtime env (env vars), so none of them can use those workers: they would import Ray
+        # on the cores Ray's own start-up needs, and be killed unused a few seconds later.
         ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                 configure_logging=True)
+                 configure_logging=True, _system_config={"prestart_worker_first_driver": False})
     else:
         try:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
@@ -165,15 +170,17 @@ def asha_scheduler(space: SearchSpace) -> Any:
 
 def build_tuner(space: SearchSpace, static: Any, *, exp_dir: Path, resume: bool,
                 warm_rows: list[TrialRow] | None, console: Console,
-                ray_storage: str | None = None) -> Any:
+                ray_storage: str | None = None, wind_down: Any = None) -> Any:
     """The Tuner for a new study, or the restored one for `resume`.
 
     `ray_storage` is Ray's storage_path when it is not `exp_dir.parent` (a cloud URI).
+    `wind_down` (a module-level function) runs in a thread once the last trial has started.
     """
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from msdn_tune.space import define_by_run, make_sampler
-    from msdn_tune.tune.progress import StudyProgress
+    from msdn_tune.tune.progress import StudyProgress, WindDown
     from msdn_tune.tune.searcher import MsdnOptunaSearch
     from msdn_tune.tune.trainable import make_trainable
 
@@ -205,7 +212,11 @@ def build_tuner(space: SearchSpace, static: Any, *, exp_dir: Path, resume: bool,
             name=space.name, storage_path=ray_storage or str(exp_dir.parent),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
             failure_config=tune.FailureConfig(max_failures=2),
-            callbacks=[StudyProgress(space.num_samples, metrics[0], modes[0])],
+            # Tune's CSV and JSON loggers by name, so that `fit` can leave out its default
+            # TensorBoard logger (see `_tune_loggers`).
+            callbacks=[StudyProgress(space.num_samples, metrics[0], modes[0]),
+                       CSVLoggerCallback(), JsonLoggerCallback()]
+            + ([WindDown(space.num_samples, wind_down)] if wind_down else []),
             verbose=0),
     )
 
@@ -276,8 +287,6 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
     `storage_shared` declares a local storage path shared by all nodes (NFS msdn-tune cannot
     recognise); on a multi-node cluster node-local storage is refused before any trial starts.
     """
-    from ray import tune
-
     from msdn_tune.data.resolve import parse_preset, resolve_benchmark
     from msdn_tune.tune.cluster import StudyStorage, check_cluster_storage
     from msdn_tune.tune.trainable import TrialStatic
@@ -288,6 +297,8 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
     storage = store.local_root
     exp_dir = storage / space.name
     meta = read_study_meta(exp_dir) if exp_dir.exists() else {}
+    if resume or resume_if_exists:
+        from ray import tune
     if resume_if_exists:
         resume = tune.Tuner.can_restore(store.ray_path(space.name))
         console.print(f"study {space.name}: " + ("resuming the existing study" if resume else
@@ -321,13 +332,20 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
                 console.print(f"closed {closed} trial run(s) left RUNNING as KILLED")
         return uri, tracker, parent, tracker.experiment_id
 
-    # A Ray we start here is one local node, whose storage check cannot refuse: the MLflow set-up
-    # (a second or more) then runs while Ray starts instead of after it.
-    pending = None
-    if tracking and address in (None, "", "local") and not _ray_running():
-        pending = _background(setup_tracking)
+    # Ray takes seconds to start, mostly waiting for its own processes. Meanwhile one thread
+    # imports what building the Tuner needs and, for a Ray we start here (one local node, whose
+    # storage check cannot refuse), sets up the MLflow parent run. One thread, not two: threads
+    # importing the same packages at once can trip Python's import-deadlock check.
+    early = tracking and address in (None, "", "local") and not _ray_running()
+
+    def prepare() -> tuple[str, Any, str, str] | None:
+        _warm_study_imports()
+        return setup_tracking() if early else None
+
+    pending = _background(prepare)
     started = init_ray(address)
     try:
+        prepared = pending.result()
         # Before anything is written: a refused study leaves nothing behind.
         check_cluster_storage(space.storage_path, space.resources, declared_shared=storage_shared)
 
@@ -336,7 +354,7 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
         uri = parent = exp_id = None
         tracker = None
         if tracking:
-            uri, tracker, parent, exp_id = pending.result() if pending else setup_tracking()
+            uri, tracker, parent, exp_id = prepared if early else setup_tracking()
         warm_rows = _warm_start_rows(warm_start, storage, uri) if warm_start else None
         _save_meta(exp_dir, {
             **meta, "name": space.name, "space_file": str(space_file) if space_file else None,
@@ -351,13 +369,12 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
         static = TrialStatic(data_path=trial_data, fixed=dict(space.fixed), study=space.name,
                              tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent)
         tuner = build_tuner(space, static, exp_dir=exp_dir, resume=resume, warm_rows=warm_rows,
-                            console=console, ray_storage=store.ray_storage())
+                            console=console, ray_storage=store.ray_storage(),
+                            wind_down=_warm_wrapup_imports if tracker is not None else None)
         console.print(f"study {space.name}: {space.num_samples} trials, "
                       f"{space.max_concurrent_trials} at a time → {exp_dir}")
-        if tracker is not None:  # the driver idles during fit: pay the wrap-up's imports now
-            threading.Thread(target=_warm_wrapup_imports, name="warm-imports",
-                             daemon=True).start()
-        grid = tuner.fit()
+        with _tune_loggers(default=resume):
+            grid = tuner.fit()
         finished = grid.num_terminated + grid.num_errors
     except BaseException:
         if started:
@@ -380,6 +397,29 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
             shutdown.join()
 
 
+@contextlib.contextmanager
+def _tune_loggers(*, default: bool) -> Iterator[None]:
+    """Let Tune add its default loggers (CSV, JSON, TensorBoard) only when `default` is set.
+
+    The TensorBoard logger imports torch into the driver through tensorboardX, two seconds
+    before the first trial can start, and writes an events file per trial that nothing reads:
+    trials are tracked in MLflow. A new study names its CSV and JSON loggers itself
+    (`build_tuner`); a resumed one keeps the callbacks it was started with, which for a study
+    started by an older msdn-tune are none, so it keeps Tune's defaults.
+    """
+    key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+    before = os.environ.get(key)
+    if not default:
+        os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
 def _ray_running() -> bool:
     import ray
 
@@ -396,6 +436,16 @@ def _background(fn: Any) -> Any:
     return future
 
 
+def _warm_study_imports() -> None:
+    """Import Ray Tune, Optuna and our searcher, callback and trainable (about 2 s)."""
+    try:
+        import msdn_tune.tune.progress  # noqa: F401
+        import msdn_tune.tune.searcher  # noqa: F401
+        import msdn_tune.tune.trainable  # noqa: F401
+    except Exception:  # noqa: BLE001 - the import that needs it raises it again, where it belongs
+        pass
+
+
 def _warm_start_rows(warm_start: str, storage: Path, uri: str | None) -> list[TrialRow]:
     """An earlier study's trials: from its folder (or name under the storage path), else from
     the MLflow experiment of that name in the tracking store."""
@@ -409,15 +459,38 @@ def _warm_start_rows(warm_start: str, storage: Path, uri: str | None) -> list[Tr
     return trial_rows_from_experiment(uri, warm_start)
 
 
-def _warm_wrapup_imports() -> None:
-    """Import what the end of a study needs (mlflow.pytorch alone takes seconds to import)."""
-    try:
-        import matplotlib
+_WRAPUP_IMPORTS = threading.Lock()
 
-        matplotlib.use("Agg")
+
+def _warm_wrapup_imports() -> None:
+    """Import what the end of a study needs: torch, mlflow.pytorch, matplotlib and Optuna's
+    plots, whose importance plot brings scikit-learn (together about 5 s). Also build the map of
+    installed packages that `log_model` checks the model's requirements against (0.6 s; MLflow
+    caches it for the process).
+
+    Runs in the `WindDown` thread during the last trial, and again in the main thread before the
+    wrap-up: the lock makes that wait for the thread instead of importing the same packages
+    beside it, which can trip Python's import-deadlock check. The second run finds all imported.
+    """
+    with _WRAPUP_IMPORTS:
+        _import_wrapup_modules()
+
+
+def _import_wrapup_modules() -> None:
+    try:
+        if "matplotlib.pyplot" not in sys.modules:  # as study_plots: keep a session's backend
+            import matplotlib
+
+            matplotlib.use("Agg")
         import matplotlib.pyplot  # noqa: F401
         import mlflow.pytorch  # noqa: F401
+        import optuna.importance  # noqa: F401
         import optuna.visualization.matplotlib  # noqa: F401
+        from mlflow.utils.requirements_utils import _init_packages_to_modules_map
+
+        import msdn_tune.train.trainer  # noqa: F401
+
+        _init_packages_to_modules_map()
     except Exception:  # noqa: BLE001 - a failed warm-up only costs the time it was to save
         pass
 
@@ -436,6 +509,7 @@ def _conclude(space: SearchSpace, store: Any, exp_dir: Path, finished: int,
     outcome = StudyOutcome(path=exp_dir, complete=complete, rows=rows, best=best,
                            parent_run_id=parent, tracking_uri=uri)
     if tracker is not None:
+        _warm_wrapup_imports()  # done already, or being done by the WindDown thread
         _finish_tracking(tracker, space, outcome, force_promote, console)
     meta = read_study_meta(exp_dir)
     meta.update({"complete": complete, "wall_s": meta.get("wall_s", 0.0) + time.time() - t0})

@@ -99,6 +99,15 @@ def test_results_and_best_commands(study):
     assert "checkpoint:" in best.stdout
 
 
+def test_trials_keep_tunes_csv_and_json_logs_but_write_no_tensorboard_files(study):
+    tmp, _, _ = study
+    trial_dirs = [d for d in (tmp / "results" / "e2e").iterdir() if (d / "params.json").exists()]
+    assert len(trial_dirs) == 8
+    for d in trial_dirs:
+        assert (d / "progress.csv").stat().st_size > 0 and (d / "result.json").stat().st_size > 0
+    assert not list((tmp / "results" / "e2e").rglob("events.out.tfevents*"))
+
+
 def test_mlflow_has_parent_and_one_child_per_trial(study):
     from mlflow.tracking import MlflowClient
 

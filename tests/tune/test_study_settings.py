@@ -82,3 +82,34 @@ def test_next_steps_name_the_configured_storage_and_never_offer_a_resume_that_ex
     assert "--storage-path s3://bucket/studies --resume" in text
     assert str(tmp_path / "mirror") + " --resume" not in text
     assert "--resume --num-samples" not in text and f"--warm-start {mirror}" in text
+
+
+def test_importing_the_study_driver_leaves_ray_tune_and_torch_for_later():
+    """`msdn-tune run` starts Ray first and imports Ray Tune, Optuna and MLflow while Ray comes up
+    (seconds each): importing the driver module, or resolving a store, must not pull them in."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import msdn_tune.cli, msdn_tune.tune.study, msdn_tune.data.resolve; "
+            "heavy = [m for m in ('ray.tune', 'torch', 'mlflow', 'optuna') if m in sys.modules]; "
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_tune_loggers_are_left_to_tune_only_when_asked_and_the_environment_restored(monkeypatch):
+    import os
+
+    from msdn_tune.tune.study import _tune_loggers
+
+    key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+    monkeypatch.delenv(key, raising=False)
+    with _tune_loggers(default=False):
+        assert os.environ[key] == "1"
+    assert key not in os.environ
+    with _tune_loggers(default=True):
+        assert key not in os.environ
+    monkeypatch.setenv(key, "0")
+    with _tune_loggers(default=False):
+        assert os.environ[key] == "1"
+    assert os.environ[key] == "0"
