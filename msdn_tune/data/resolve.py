@@ -9,11 +9,11 @@ into place, and whoever loses a race simply uses the winner's store.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
 
+from msdn_tune.cache import cache_root
 from msdn_tune.data.store import FORMAT_VERSION, BenchmarkStore, StoreExistsError
 from msdn_tune.data.synth import PRESETS, generate, get_spec
 from msdn_tune.errors import DataError
@@ -32,11 +32,7 @@ def default_cache_dir() -> Path:
     ``MSDN_TUNE_CACHE`` is msdn-tune's cache root (default ``$XDG_CACHE_HOME/msdn-tune``, i.e.
     ``~/.cache/msdn-tune``).
     """
-    root = os.environ.get("MSDN_TUNE_CACHE")
-    if root:
-        return Path(root).expanduser() / "benchmarks"
-    xdg = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(xdg).expanduser() / "msdn-tune" / "benchmarks"
+    return cache_root() / "benchmarks"
 
 
 def parse_preset(spec: str) -> tuple[str, int] | None:

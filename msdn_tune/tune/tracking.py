@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -274,12 +275,63 @@ def _artifact_location(uri: str, name: str, artifact_root: Path | str | None) ->
     return (Path(root).resolve() / _slug(name)).as_uri()
 
 
+def seed_sqlite_store(db: Path) -> bool:
+    """Start a new SQLite tracking store as a copy of an empty, fully migrated one.
+
+    MLflow makes a new SQLite store by running every schema migration it has, 130-odd Alembic
+    scripts taking about 2 s, on the first use of each database file: every new study folder,
+    every test. The schema they produce is the same each time for one MLflow and SQLAlchemy, so
+    it is built once into the cache and copied. The copy holds the schema only; MLflow adds its
+    Default experiment, with this store's paths, when it first opens it, as for a new file. An
+    existing file is never touched, and any failure leaves the new file to MLflow. Returns True
+    when the store was seeded.
+    """
+    if db.exists():
+        return False
+    part = db.with_name(f".{db.name}.{os.getpid()}.part")
+    try:
+        import sqlite3
+
+        import sqlalchemy
+        from mlflow.store.db.utils import _initialize_tables
+
+        from msdn_tune.cache import cache_root
+
+        versions = (f"{mlflow.__version__}-sqlalchemy{sqlalchemy.__version__}"
+                    f"-sqlite{sqlite3.sqlite_version}")
+        template = cache_root() / "mlflow" / f"schema-{versions}.db"
+        if not template.exists():
+            template.parent.mkdir(parents=True, exist_ok=True)
+            tmp = template.with_name(f".{template.name}.{os.getpid()}.tmp")
+            try:
+                engine = sqlalchemy.create_engine(f"sqlite:///{tmp}")
+                try:
+                    _initialize_tables(engine)
+                finally:
+                    engine.dispose()
+                os.replace(tmp, template)  # whole or absent, whoever finishes first
+            finally:
+                tmp.unlink(missing_ok=True)
+        shutil.copyfile(template, part)
+        os.link(part, db)  # fails if another process made the store meanwhile: theirs stands
+        return True
+    except Exception as exc:  # noqa: BLE001 - MLflow then builds the store itself
+        logger.debug("not seeding %s from the cached MLflow schema: %s", db, exc)
+        return False
+    finally:
+        part.unlink(missing_ok=True)
+
+
 def ensure_experiment(uri: str, name: str, artifact_root: Path | None = None) -> str:
     """The id of experiment ``name``, created if needed (restored if it was deleted).
 
     Local stores get an explicit artifact location (``<db dir>/mlartifacts/<name>``) because
-    MLflow's default is ``./mlruns`` relative to whichever process happens to create it.
+    MLflow's default is ``./mlruns`` relative to whichever process happens to create it. A new
+    SQLite store starts from the cached schema (:func:`seed_sqlite_store`).
     """
+    db = _sqlite_path(uri)
+    if db is not None:
+        seed_sqlite_store(db)
     client = MlflowClient(tracking_uri=uri)
     try:
         with _quick_http():

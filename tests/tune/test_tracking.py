@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -33,6 +34,7 @@ from msdn_tune.tune.tracking import (
     load_model,
     log_champion,
     resolve_tracking_uri,
+    seed_sqlite_store,
     start_ui_command,
     study_plots,
 )
@@ -116,6 +118,46 @@ def test_uri_precedence_and_normalisation(tmp_path, monkeypatch):
     assert resolve_tracking_uri(cli="runs.db") == f"sqlite:///{here}/runs.db"
     with pytest.raises(TrackingError, match="file store"):
         resolve_tracking_uri(cli="./mlruns")
+
+
+def _schema(db: Path) -> tuple[list, list]:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        return (sorted(c.execute("SELECT type, name, tbl_name, sql FROM sqlite_master")),
+                c.execute("SELECT * FROM alembic_version").fetchall())
+
+
+def test_a_new_sqlite_store_starts_from_the_cached_schema_exactly_as_mlflow_builds_it(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("MSDN_TUNE_CACHE", str(tmp_path / "cache"))
+    seeded = tmp_path / "seeded.db"
+    exp_id = ensure_experiment(f"sqlite:///{seeded}", "s")
+    (template,) = (tmp_path / "cache" / "mlflow").glob("schema-*.db")
+    assert not [p.name for p in (*tmp_path.glob(".*"), *template.parent.glob(".*"))]
+    own = tmp_path / "own.db"
+    MlflowClient(f"sqlite:///{own}").search_experiments()  # MLflow runs its migrations itself
+    assert _schema(seeded) == _schema(own)
+    exps = {e.name: e for e in MlflowClient(f"sqlite:///{seeded}").search_experiments()}
+    assert set(exps) == {"Default", "s"}  # MLflow added Default on opening the copy
+    assert exps["s"].experiment_id == exp_id
+    assert exps["s"].artifact_location == (tmp_path / "mlartifacts" / "s").as_uri()
+
+    built = template.stat().st_mtime_ns
+    assert seed_sqlite_store(tmp_path / "second.db")  # copied, not built again
+    assert template.stat().st_mtime_ns == built
+    assert not seed_sqlite_store(seeded)  # an existing store is never replaced
+    assert "s" in {e.name for e in MlflowClient(f"sqlite:///{seeded}").search_experiments()}
+
+
+def test_a_store_that_cannot_be_seeded_is_left_to_mlflow(tmp_path, monkeypatch):
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("MSDN_TUNE_CACHE", str(tmp_path / "cache"))
+    db = tmp_path / "m.db"
+    assert not seed_sqlite_store(db)
+    assert not db.exists() and not list(tmp_path.glob(".*"))
+    ensure_experiment(f"sqlite:///{db}", "x")
+    assert "x" in {e.name for e in MlflowClient(f"sqlite:///{db}").search_experiments()}
 
 
 def test_check_tracking_fails_fast_with_a_clear_error(tmp_path):

@@ -1,0 +1,20 @@
+"""msdn-tune's cache folder: things that are slow to make and the same every time.
+
+``$MSDN_TUNE_CACHE``, default ``$XDG_CACHE_HOME/msdn-tune`` (i.e. ``~/.cache/msdn-tune``). Holds
+generated benchmark presets (``benchmarks/``) and the empty MLflow schema that new SQLite
+tracking stores start from (``mlflow/``). Anything in it can be deleted: it is made again.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    """The cache folder (not created here)."""
+    root = os.environ.get("MSDN_TUNE_CACHE")
+    if root:
+        return Path(root).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(xdg).expanduser() / "msdn-tune"
