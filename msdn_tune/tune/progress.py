@@ -1,4 +1,5 @@
-"""Live study progress on the driver: trials running and finished, best so far."""
+"""Driver-side Tune callbacks: live study progress (trials running and finished, best so far),
+and the hook that prepares the wrap-up while the last trial trains."""
 
 from __future__ import annotations
 

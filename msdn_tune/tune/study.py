@@ -308,6 +308,11 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
         if not tune.Tuner.can_restore(store.ray_path(space.name)):
             raise MsdnTuneError(f"--resume: no study to resume at {store.ray_path(space.name)} "
                                 "(run it once without --resume)")
+        if store.uri is None:  # Ray restores from this local folder itself
+            from msdn_tune.tune.recovery import repair_lost_checkpoints
+
+            for line in repair_lost_checkpoints(exp_dir):
+                console.print(line, markup=False, soft_wrap=True)
     elif not resume_if_exists and exp_dir.exists() and (
             meta or list(exp_dir.glob("experiment_state-*.json"))):
         raise MsdnTuneError(f"study {space.name!r} already exists at {exp_dir}; continue it with "

@@ -140,9 +140,36 @@ def _wait_for_checkpoints(proc, exp, n, deadline_s=300):
     pytest.fail("no checkpoints appeared")
 
 
+def _lose_recorded_checkpoint(exp: Path) -> str | None:
+    """Make the race a killed driver can leave, on one unfinished trial: the checkpoint Tune's
+    state names is gone (Tune deleted it for num_to_keep) and a newer one exists in the trial's
+    folder (written by the trial before the state caught up). Returns that trial's id."""
+    import json
+    import re
+    import shutil
+
+    state = sorted(exp.glob("experiment_state-*.json"))[-1]
+    for config, meta in json.loads(state.read_text())["trial_data"]:
+        config, meta = json.loads(config), json.loads(meta)
+        named = re.findall(rb"checkpoint_(\d{6})",
+                           bytes.fromhex(meta["checkpoint_manager"]["value"]))
+        if config["status"] != "RUNNING" or not named:
+            continue
+        recorded = exp / config["relative_logdir"] / f"checkpoint_{max(map(int, named)):06d}"
+        newer = recorded.with_name(f"checkpoint_{int(recorded.name[11:]) + 1:06d}")
+        if not recorded.exists():
+            return config["trial_id"]  # the race happened by itself
+        if not newer.exists():
+            shutil.copytree(recorded, newer)
+        shutil.rmtree(recorded)
+        return config["trial_id"]
+    return None
+
+
 def test_interrupt_then_kill_then_resume(tmp_path, ray_address):
     """Ctrl-C: reported incomplete (exit 130); killed: resumable; resumed: exactly num_samples
-    trials, no duplicates, one MLflow run per trial, none left RUNNING."""
+    trials, no duplicates, one MLflow run per trial, none left RUNNING. A trial whose recorded
+    checkpoint the kill left deleted continues from its newer one instead of failing."""
     space = _space(tmp_path, "killed", num_samples=6, scheduler={"type": "none"},
                    fixed={"dataset": "synthetic", "epochs": 6, "device": "cpu"})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -163,9 +190,12 @@ def test_interrupt_then_kill_then_resume(tmp_path, ray_address):
     _wait_for_checkpoints(proc, exp, len(list(exp.glob("*/checkpoint_0*"))) + 2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    lost = _lose_recorded_checkpoint(exp)
 
     res = _run(args + ["--resume"], cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    if lost:
+        assert f"trial {lost}: its last recorded checkpoint" in res.stdout, res.stdout[-3000:]
     rows = pq.read_table(exp / "trials.parquet").to_pylist()
     assert len(rows) == 6
     assert len({r["trial_id"] for r in rows}) == 6
