@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -74,11 +73,9 @@ def running_since(exp: Path) -> dict[str, float]:
     Tune sets it (`run_metadata.start_time`) once the trial's actor is up; the trial function
     starts on the first `train()` call after that, so it is a lower bound on the first epoch.
     """
-    (state_file,) = exp.glob("experiment_state-*.json")
-    out = {}
-    for config, run_metadata in json.loads(state_file.read_text())["trial_data"]:
-        out[json.loads(config)["trial_id"]] = json.loads(run_metadata)["start_time"]
-    return out
+    from msdn_tune.tune.recovery import trial_states
+
+    return {config["trial_id"]: meta["start_time"] for config, meta in trial_states(exp)}
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Repairing what a killed driver can leave inconsistent in a study folder, before a resume.
+"""Reading Tune's experiment state, and repairing what a killed driver can leave inconsistent in
+a study folder before a resume.
 
 Ray Tune keeps `num_to_keep` checkpoints per trial and deletes older ones as soon as a newer one
 is registered, while its experiment state (which names each trial's latest checkpoint) reaches
@@ -28,43 +29,55 @@ log = logging.getLogger(__name__)
 _CKPT = re.compile(rb"checkpoint_(\d{6})")
 
 
+def trial_states(exp_dir: Path) -> list[tuple[dict, dict]]:
+    """(config, run metadata) of every trial in the study folder's newest Tune experiment state,
+    as JSON; [] when there is none or it cannot be read. Tune restores from the newest name."""
+    states = sorted(exp_dir.glob("experiment_state-*.json"))
+    try:
+        return [(json.loads(c), json.loads(m))
+                for c, m in json.loads(states[-1].read_text())["trial_data"]]
+    except (IndexError, OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def recorded_checkpoint(exp_dir: Path, config: dict, meta: dict) -> Path | None:
+    """The checkpoint folder Tune would restore `config`'s trial from (None: none recorded),
+    found in the hex of its pickled checkpoint manager without unpickling it."""
+    try:
+        blob = bytes.fromhex(meta["checkpoint_manager"]["value"])
+        trial_dir = exp_dir / config["relative_logdir"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    named = [int(m) for m in _CKPT.findall(blob)]
+    return trial_dir / f"checkpoint_{max(named):06d}" if named else None
+
+
 def repair_lost_checkpoints(exp_dir: Path) -> list[str]:
     """Restore missing latest checkpoints from newer ones; one line per repaired trial."""
-    states = sorted(exp_dir.glob("experiment_state-*.json"))  # Tune restores the newest name
-    if not states:
-        return []
-    try:
-        trials = json.loads(states[-1].read_text())["trial_data"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
     done = []
-    for config_json, meta_json in trials:
-        try:
-            config, meta = json.loads(config_json), json.loads(meta_json)
-            blob = bytes.fromhex(meta["checkpoint_manager"]["value"])
-            trial_dir = exp_dir / config["relative_logdir"]
-        except (ValueError, KeyError, TypeError):
+    for config, meta in trial_states(exp_dir):
+        latest = recorded_checkpoint(exp_dir, config, meta)
+        if latest is None or latest.exists() or not latest.parent.is_dir():
             continue
-        named = [int(m) for m in _CKPT.findall(blob)]
-        if not named or not trial_dir.is_dir():
-            continue
-        latest = trial_dir / f"checkpoint_{max(named):06d}"
-        if latest.exists():
-            continue
-        line = _fill_from_newer(str(config.get("trial_id", trial_dir.name)), trial_dir, latest,
-                                max(named))
+        line = _fill_from_newer(str(config.get("trial_id", latest.parent.name)), latest)
         if line:
             done.append(line)
     return done
 
 
-def _fill_from_newer(trial_id: str, trial_dir: Path, missing: Path, index: int) -> str | None:
+def _index(checkpoint: Path) -> int | None:
+    m = _CKPT.fullmatch(checkpoint.name.encode())
+    return int(m.group(1)) if m else None
+
+
+def _fill_from_newer(trial_id: str, missing: Path) -> str | None:
     from msdn_tune.errors import DataError
     from msdn_tune.train.trainer import load_checkpoint
     from msdn_tune.tune.trainable import STATE_FILE, TRIAL_FILE
 
-    newer = sorted((p for p in trial_dir.glob("checkpoint_*")
-                    if p.name[11:].isdigit() and int(p.name[11:]) > index), reverse=True)
+    index = _index(missing)
+    newer = sorted((p for p in missing.parent.glob("checkpoint_*")
+                    if (_index(p) or -1) > index), key=_index, reverse=True)
     for source in newer:  # the newest may be half-written if the kill came mid-copy
         try:
             state = load_checkpoint(source / STATE_FILE)
@@ -80,5 +93,5 @@ def _fill_from_newer(trial_id: str, trial_dir: Path, missing: Path, index: int) 
                 f"before the killed driver recorded a newer one; continuing from {source.name} "
                 f"(epoch {epoch})")
     log.warning("%s: recorded checkpoint %s is missing and no newer readable one exists",
-                trial_dir, missing.name)
+                missing.parent, missing.name)
     return None

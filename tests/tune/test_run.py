@@ -144,24 +144,19 @@ def _lose_recorded_checkpoint(exp: Path) -> str | None:
     """Make the race a killed driver can leave, on one unfinished trial: the checkpoint Tune's
     state names is gone (Tune deleted it for num_to_keep) and a newer one exists in the trial's
     folder (written by the trial before the state caught up). Returns that trial's id."""
-    import json
-    import re
     import shutil
 
-    state = sorted(exp.glob("experiment_state-*.json"))[-1]
-    for config, meta in json.loads(state.read_text())["trial_data"]:
-        config, meta = json.loads(config), json.loads(meta)
-        named = re.findall(rb"checkpoint_(\d{6})",
-                           bytes.fromhex(meta["checkpoint_manager"]["value"]))
-        if config["status"] != "RUNNING" or not named:
+    from msdn_tune.tune.recovery import recorded_checkpoint, trial_states
+
+    for config, meta in trial_states(exp):
+        recorded = recorded_checkpoint(exp, config, meta)
+        if config["status"] != "RUNNING" or recorded is None:
             continue
-        recorded = exp / config["relative_logdir"] / f"checkpoint_{max(map(int, named)):06d}"
-        newer = recorded.with_name(f"checkpoint_{int(recorded.name[11:]) + 1:06d}")
-        if not recorded.exists():
-            return config["trial_id"]  # the race happened by itself
-        if not newer.exists():
-            shutil.copytree(recorded, newer)
-        shutil.rmtree(recorded)
+        if recorded.exists():  # else the race happened by itself
+            newer = recorded.with_name(f"checkpoint_{int(recorded.name[11:]) + 1:06d}")
+            if not newer.exists():
+                shutil.copytree(recorded, newer)
+            shutil.rmtree(recorded)
         return config["trial_id"]
     return None
 
