@@ -73,7 +73,7 @@ def running_since(exp: Path) -> dict[str, float]:
     Tune sets it (`run_metadata.start_time`) once the trial's actor is up; the trial function
     starts on the first `train()` call after that, so it is a lower bound on the first epoch.
     """
-    from msdn_tune.tune.recovery import trial_states
+    from msdn_tune.integrations.ray.experiment import trial_states
 
     return {config["trial_id"]: meta["start_time"] for config, meta in trial_states(exp)}
 

@@ -112,8 +112,8 @@ def run(method: str, seed: int, trials: int, root: Path) -> Search:
     """Run the demo study with `method` ("tpe+asha": as shipped; "random": no scheduler)."""
     from rich.console import Console
 
+    from msdn_tune.commands.study import run_study
     from msdn_tune.space import load_space, parse_space
-    from msdn_tune.tune.study import run_study
 
     doc = load_space(DEMO).to_dict()
     doc.update(name=f"{method.replace('+', '-')}-s{seed}", num_samples=trials,
@@ -237,8 +237,8 @@ def summarise(seeds: list[int], runs: list[dict[str, list[float]]]) -> None:
 
 
 def main() -> None:
+    from msdn_tune.commands.study import asha_scheduler
     from msdn_tune.space import load_space
-    from msdn_tune.tune.study import asha_scheduler
 
     demo = load_space(DEMO)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -39,7 +39,7 @@ R = H * W
 
 @dataclass(frozen=True)
 class Shape:
-    """One dataset's shapes and published training settings (docs/msdn-model.md §3)."""
+    """One dataset's shapes and published training settings (docs/model.md §3)."""
 
     batch: int
     attributes: int

@@ -24,7 +24,7 @@ def ray_address():
     CLI drivers started by tests connect to it with --address, so no test pays for its own
     Ray start (about 4-8 s each on 2 cores).
     """
-    from tests.raytools import start_head, stop_by_marker
+    from tests.helpers.raynodes import start_head, stop_by_marker
 
     temp = Path(tempfile.mkdtemp(prefix="msdnray-", dir="/tmp"))
     address = start_head(temp, num_cpus=2)

@@ -1,6 +1,6 @@
 """Images -> ResNet-101 layer-4 feature maps, as the published features were made.
 
-``msdn-tune data extract`` reproduces the extraction of reference msdn-model.md §4.2: the
+``msdn-tune data extract`` reproduces the extraction of docs/model.md §4.2: the
 torchvision ResNet-101 with the ImageNet **V1** weights, avgpool and fc dropped, eval mode, no
 fine-tuning; each image converted to RGB, resized so its shorter side is 448 (bilinear, as
 torchvision's ``Resize(448)`` does on a PIL image), centre-cropped to 448 x 448, scaled to

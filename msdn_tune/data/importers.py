@@ -1,6 +1,6 @@
 """Importers: the published CUB / SUN / AWA2 / FLO files -> a benchmark store, streaming and safe.
 
-Two sources (reference msdn-model.md §4):
+Two sources (docs/model.md §4):
 
 * **Feature-map HDF5** (``feature_map_ResNet_101_{CUB,SUN,AWA2}.hdf5``, written by TransZero's
   preprocessing): keys ``feature_map`` (N x 2048 x 14 x 14), ``labels``, ``trainval_loc``,

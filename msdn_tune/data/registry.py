@@ -3,7 +3,7 @@
 Why a registry: the source files carry no dataset name, and a file of the wrong dataset, a
 truncated download or an off-by-one split all import "successfully" as a benchmark that trains to
 meaningless numbers. Every import therefore compares what it read with the published facts
-(reference msdn-model.md §4.3) and refuses a mismatch unless the user says ``--allow-mismatch``
+(docs/model.md §4.3) and refuses a mismatch unless the user says ``--allow-mismatch``
 (for subsets and test files).
 
 The registry also knows each dataset's MATLAB image-path rule (how many leading components of the

@@ -1,4 +1,4 @@
-"""MSDN / MSDN++ training losses (docs/msdn-model.md §1.4 and §2.3).
+"""MSDN / MSDN++ training losses (docs/model.md §1.4 and §2.3).
 
 Convention (ARCHITECTURE.md): the model returns raw logits z = Ẑ s. The margin vector m (+margin
 on unseen columns, -margin on seen ones) is the split's calibration; cross-entropy removes it (so

@@ -1,6 +1,6 @@
 """MSDN / MSDN++ network: two mutually distilled attention sub-nets over a region feature map.
 
-The maths follows docs/msdn-model.md §1.2-§1.3 (what the published MSDN code trains) plus the
+The maths follows docs/model.md §1.2-§1.3 (what the published MSDN code trains) plus the
 causal intervention of §2.3 (our MSDN++ design). This module is pure torch: no I/O, no tracking.
 
 Notation (per image): x_r is region r of the feature map (D channels, R regions), v_i is row i of

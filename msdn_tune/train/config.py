@@ -1,7 +1,7 @@
 """The trainer's configuration: every hyperparameter of the MSDN++ training recipe, typed.
 
 Defaults per dataset equal the settings of the published MSDN training scripts
-(reference msdn-model.md §3), so `TrainConfig.for_dataset("cub")` reproduces the published CUB
+(docs/model.md §3), so `TrainConfig.for_dataset("cub")` reproduces the published CUB
 recipe and a search only has to say what it changes. Unknown keys and out-of-range values are
 rejected with a message naming the key, because a silently ignored typo in a search space wastes a
 whole study.

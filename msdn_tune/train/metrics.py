@@ -1,6 +1,6 @@
 """ZSL / GZSL evaluation: per-class accuracy, U/S/H, calibrated stacking, AUSUC, eval-only tuning.
 
-The protocol is the one in ``docs/msdn-model.md`` §5: accuracy is computed per ground-truth class
+The protocol is the one in docs/model.md §5: accuracy is computed per ground-truth class
 and then averaged without weights, so a frequent class cannot hide a class the model never gets
 right. ZSL restricts the argmax to the unseen columns; GZSL takes it over every candidate column.
 

@@ -33,7 +33,7 @@ from msdn_tune.data.importers import import_mat
 from msdn_tune.data.registry import get_dataset
 from msdn_tune.data.store import BenchmarkStore
 from msdn_tune.errors import DataError
-from tests.data.test_importers import assert_clean_error, make_bench, make_mat, matlab_path
+from tests.helpers.formats import assert_clean_error, make_bench, make_mat, matlab_path
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = 64  # image size for tests: grid 2 x 2 (448 -> 14 x 14 in real use)

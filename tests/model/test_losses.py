@@ -1,4 +1,4 @@
-"""MSDN++ losses against plain numpy / loop references written from docs/msdn-model.md §1.4."""
+"""MSDN++ losses against plain numpy / loop references written from docs/model.md §1.4."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """MSDN / MSDN++ model: published equations, checkpoint import, intervention, shapes, state_dict.
 
-The reference below is written from docs/msdn-model.md §1.2-§1.3 in the published form (it builds
+The reference below is written from docs/model.md §1.2-§1.3 in the published form (it builds
 the B x A x D attribute features f and per-attribute bilinear forms), independently of the
 model's contraction order and fused pooling.
 """

@@ -1,0 +1,97 @@
+"""Reading Tune's experiment state, and repairing what a killed driver can leave inconsistent in
+a study folder before a resume.
+
+Ray Tune keeps `num_to_keep` checkpoints per trial and deletes older ones as soon as a newer one
+is registered, while its experiment state (which names each trial's latest checkpoint) reaches
+the study folder only at the next snapshot, copied there asynchronously. Tune forces that
+snapshot once a trial has checkpointed `num_to_keep` times since the last one, which is exactly
+when the checkpoint the folder's state still names is deleted. A driver killed in between leaves
+a state whose trial would restore from a checkpoint that no longer exists: Tune fails it three
+times and records it failed, so the resumed study loses a trial. Each trial's own folder still
+holds its newer checkpoints, written by the trial itself.
+
+`repair_lost_checkpoints` finds such trials and puts the newest readable newer checkpoint under
+the missing name, so the trial continues from there (its epoch counter, which ASHA and MLflow
+follow, comes from the checkpoint's contents). It reads Tune's state file without unpickling
+anything; if that file's layout is not what it expects, it changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_CKPT = re.compile(rb"checkpoint_(\d{6})")
+
+
+def trial_states(exp_dir: Path) -> list[tuple[dict, dict]]:
+    """(config, run metadata) of every trial in the study folder's newest Tune experiment state,
+    as JSON; [] when there is none or it cannot be read. Tune restores from the newest name."""
+    states = sorted(exp_dir.glob("experiment_state-*.json"))
+    try:
+        return [(json.loads(c), json.loads(m))
+                for c, m in json.loads(states[-1].read_text())["trial_data"]]
+    except (IndexError, OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def recorded_checkpoint(exp_dir: Path, config: dict, meta: dict) -> Path | None:
+    """The checkpoint folder Tune would restore `config`'s trial from (None: none recorded),
+    found in the hex of its pickled checkpoint manager without unpickling it."""
+    try:
+        blob = bytes.fromhex(meta["checkpoint_manager"]["value"])
+        trial_dir = exp_dir / config["relative_logdir"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    named = [int(m) for m in _CKPT.findall(blob)]
+    return trial_dir / f"checkpoint_{max(named):06d}" if named else None
+
+
+def repair_lost_checkpoints(exp_dir: Path) -> list[str]:
+    """Restore missing latest checkpoints from newer ones; one line per repaired trial."""
+    done = []
+    for config, meta in trial_states(exp_dir):
+        latest = recorded_checkpoint(exp_dir, config, meta)
+        if latest is None or latest.exists() or not latest.parent.is_dir():
+            continue
+        line = _fill_from_newer(str(config.get("trial_id", latest.parent.name)), latest)
+        if line:
+            done.append(line)
+    return done
+
+
+def _index(checkpoint: Path) -> int | None:
+    m = _CKPT.fullmatch(checkpoint.name.encode())
+    return int(m.group(1)) if m else None
+
+
+def _fill_from_newer(trial_id: str, missing: Path) -> str | None:
+    from msdn_tune.errors import DataError
+    from msdn_tune.integrations.ray.trainable import STATE_FILE, TRIAL_FILE
+    from msdn_tune.train.trainer import load_checkpoint
+
+    index = _index(missing)
+    newer = sorted((p for p in missing.parent.glob("checkpoint_*")
+                    if (_index(p) or -1) > index), key=_index, reverse=True)
+    for source in newer:  # the newest may be half-written if the kill came mid-copy
+        try:
+            state = load_checkpoint(source / STATE_FILE)
+            json.loads((source / TRIAL_FILE).read_text())
+        except (DataError, OSError, ValueError):
+            continue
+        tmp = missing.with_name(missing.name + ".restoring")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        tmp.rename(missing)
+        epoch = state.get("epoch", "?")
+        return (f"trial {trial_id}: its last recorded checkpoint ({missing.name}) was deleted "
+                f"before the killed driver recorded a newer one; continuing from {source.name} "
+                f"(epoch {epoch})")
+    log.warning("%s: recorded checkpoint %s is missing and no newer readable one exists",
+                missing.parent, missing.name)
+    return None

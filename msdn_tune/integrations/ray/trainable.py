@@ -1,0 +1,129 @@
+"""The Ray Tune function trainable around the MSDN++ Trainer.
+
+Per epoch it reports the trainer's metrics (with our `epoch` counter, which ASHA uses as its
+clock so a resumed study does not restart it) and a checkpoint holding the full trainer state
+plus the trial's MLflow run id, so a restarted trial continues both its epochs and its run. Data
+reaches trials as an absolute store path that each worker memory-maps: no copy per trial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from msdn_tune.errors import DivergenceError
+
+STATE_FILE = "checkpoint.pt"
+TRIAL_FILE = "trial.json"
+
+
+@dataclass(frozen=True)
+class TrialStatic:
+    """What every trial of a study shares; travels with the trainable, not the config."""
+
+    data_path: str
+    fixed: dict[str, Any]
+    study: str
+    tracking_uri: str | None = None
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def make_trainable(static: TrialStatic) -> Callable[[dict[str, Any]], None]:
+    """The function Ray Tune runs for each trial (a closure over the study's static settings)."""
+
+    def msdn_trial(config: dict[str, Any]) -> None:
+        run_trial(config, static)
+
+    return msdn_trial
+
+
+def run_trial(config: dict[str, Any], static: TrialStatic) -> None:
+    """Train one configuration, reporting and checkpointing after every epoch."""
+    from ray import tune
+
+    from msdn_tune.data.resolve import open_benchmark
+    from msdn_tune.train.config import TrainConfig
+    from msdn_tune.train.trainer import Trainer, load_checkpoint
+
+    settings = {**static.fixed, **{k: v for k, v in config.items() if v is not None}}
+    cfg = TrainConfig.from_dict(settings)
+    bench = open_benchmark(static.data_path)
+    trainer = Trainer(cfg, bench)
+    ctx = tune.get_context()
+    trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
+
+    run_id: str | None = None
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            trainer.load_state_dict(load_checkpoint(Path(d) / STATE_FILE))
+            meta = json.loads((Path(d) / TRIAL_FILE).read_text())
+            run_id = meta.get("mlflow_run_id")
+
+    tracker = None
+    if static.tracking_uri and static.parent_run_id and static.experiment_id:
+        from msdn_tune.integrations.mlflow.tracking import TrialTracker
+
+        tracker = TrialTracker(
+            static.tracking_uri, static.experiment_id, static.parent_run_id,
+            trial_id=trial_id, trial_name=trial_name, study=static.study,
+            params=cfg.to_dict(), run_id=run_id)
+        run_id = tracker.run_id
+        if restored is not None:  # epochs checkpointed by a worker that died before sending them
+            tracker.catch_up(trainer.history)
+
+    status, error, last = "failed", None, {}
+    try:
+        if trainer.epoch >= cfg.epochs:  # restored after the final report: report it again
+            last = {**trainer.finish(), "epochs_total": float(cfg.epochs)}
+            tune.report(_with_ids(last, run_id))
+        while trainer.epoch < cfg.epochs:
+            metrics = trainer.run_epoch()
+            if trainer.epoch >= cfg.epochs:
+                metrics.update(trainer.finish())
+            metrics["epochs_total"] = float(cfg.epochs)
+            last = metrics
+            if tracker is not None:
+                tracker.log_epoch(metrics, trainer.epoch)
+            with tempfile.TemporaryDirectory(prefix="msdn-ckpt-") as d:
+                trainer.save(Path(d) / STATE_FILE)
+                # pid: which worker process wrote it (diagnostics; fault-injection tests)
+                (Path(d) / TRIAL_FILE).write_text(json.dumps(
+                    {"trial_id": trial_id, "mlflow_run_id": run_id, "epoch": trainer.epoch,
+                     "pid": os.getpid()}))
+                tune.report(_with_ids(metrics, run_id),
+                            checkpoint=tune.Checkpoint.from_directory(d))
+        status = "completed"
+    except DivergenceError as exc:
+        # Recorded as a failed trial with its error; the study goes on (no pointless retries of
+        # a deterministic divergence). The searcher tells Optuna FAIL for `trial/diverged`.
+        error = str(exc)
+        last = {**trainer.best, "epoch": float(trainer.epoch),
+                "epochs_total": float(cfg.epochs), "trial/diverged": 1.0, "trial/error": error}
+        tune.report(_with_ids(last, run_id))
+    except SystemExit:
+        # Ray stops a trial inside tune.report with SystemExit: ASHA early, or at max_t after
+        # the final epoch, which is a completed trial (same rule as results.trial_outcome)
+        status = "completed" if trainer.epoch >= cfg.epochs else "early_stopped"
+        raise
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        if tracker is not None:
+            final = {k: v for k, v in last.items() if isinstance(v, float)}
+            tracker.finish(status, final_metrics=final, error=error)
+
+
+def _with_ids(metrics: dict[str, Any], run_id: str | None) -> dict[str, Any]:
+    out = dict(metrics)
+    if run_id:
+        out["trial/mlflow_run_id"] = run_id
+    return out

@@ -1,0 +1,250 @@
+"""End to end: the real `msdn-tune run` CLI through real Ray, Optuna, ASHA and MLflow (SQLite)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.helpers.study import CLI, _run, _space
+
+pytestmark = pytest.mark.slow
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, ray_address):
+    """One tiny study shared by the assertions below."""
+    tmp = tmp_path_factory.mktemp("study")
+    space = _space(tmp, "e2e")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    res = _run(["run", "--space", str(space), "--address", ray_address, "--tracking-uri", uri],
+               cwd=tmp, timeout=600)
+    return tmp, res, uri
+
+
+def test_run_completes_and_prints_next_steps(study):
+    tmp, res, _ = study
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = res.stdout
+    assert "best completed trial" in out
+    assert "results:" in out and "--resume" in out and "retrain best: msdn-tune train" in out
+
+
+def test_parquet_has_one_row_per_trial_and_asha_stopped_some(study):
+    tmp, res, _ = study
+    table = pq.read_table(tmp / "results" / "e2e" / "trials.parquet").to_pylist()
+    assert len(table) == 8
+    assert len({r["trial_id"] for r in table}) == 8
+    statuses = [r["status"] for r in table]
+    assert "completed" in statuses
+    assert "early_stopped" in statuses, statuses  # ASHA stopped at least one
+    for r in table:
+        if r["status"] == "early_stopped":
+            assert r["epochs_run"] < r["epochs_total"]
+        if r["status"] == "completed":
+            assert r["epochs_run"] == r["epochs_total"] == 4
+        # Conditional parameter: lambda_causal exists only with an intervention.
+        if r["intervention"] == "none":
+            assert r.get("lambda_causal") is None
+        else:
+            assert 0.1 <= r["lambda_causal"] <= 1.0
+
+
+def test_results_and_best_commands(study):
+    tmp, _, _ = study
+    res = _run(["results", str(tmp / "results" / "e2e"), "--parquet", str(tmp / "t.parquet")])
+    assert res.returncode == 0, res.stderr
+    assert pq.read_table(tmp / "t.parquet").num_rows == 8
+    best = _run(["best", "e2e", "--storage-path", str(tmp / "results")])
+    assert best.returncode == 0, best.stderr
+    assert "checkpoint:" in best.stdout
+
+
+def test_trials_keep_tunes_csv_and_json_logs_but_write_no_tensorboard_files(study):
+    tmp, _, _ = study
+    trial_dirs = [d for d in (tmp / "results" / "e2e").iterdir() if (d / "params.json").exists()]
+    assert len(trial_dirs) == 8
+    for d in trial_dirs:
+        assert (d / "progress.csv").stat().st_size > 0 and (d / "result.json").stat().st_size > 0
+    assert not list((tmp / "results" / "e2e").rglob("events.out.tfevents*"))
+
+
+def test_mlflow_has_parent_and_one_child_per_trial(study):
+    from mlflow.tracking import MlflowClient
+
+    tmp, _, uri = study
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1
+    assert len(children) == 8
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert all(r.info.status != "RUNNING" for r in runs)
+    trial_ids = {r.data.tags.get("msdn_tune.trial_id") for r in children}
+    assert len(trial_ids) == 8
+    some = children[0]
+    hist = client.get_metric_history(some.info.run_id, "val/H")
+    assert [m.step for m in hist] == list(range(1, len(hist) + 1))
+    assert "lr" in some.data.params
+
+
+def _wait_for_checkpoints(proc, exp, n, deadline_s=300):
+    deadline = time.time() + deadline_s
+    while time.time() < deadline:
+        if len(list(exp.glob("*/checkpoint_0*"))) >= n:
+            return
+        if proc.poll() is not None:
+            pytest.fail("driver ended before it could be interrupted: " + proc.stdout.read())
+        time.sleep(0.3)
+    pytest.fail("no checkpoints appeared")
+
+
+def _lose_recorded_checkpoint(exp: Path) -> str | None:
+    """Make the race a killed driver can leave, on one unfinished trial: the checkpoint Tune's
+    state names is gone (Tune deleted it for num_to_keep) and a newer one exists in the trial's
+    folder (written by the trial before the state caught up). Returns that trial's id."""
+    import shutil
+
+    from msdn_tune.integrations.ray.experiment import recorded_checkpoint, trial_states
+
+    for config, meta in trial_states(exp):
+        recorded = recorded_checkpoint(exp, config, meta)
+        if config["status"] != "RUNNING" or recorded is None:
+            continue
+        if recorded.exists():  # else the race happened by itself
+            newer = recorded.with_name(f"checkpoint_{int(recorded.name[11:]) + 1:06d}")
+            if not newer.exists():
+                shutil.copytree(recorded, newer)
+            shutil.rmtree(recorded)
+        return config["trial_id"]
+    return None
+
+
+def test_interrupt_then_kill_then_resume(tmp_path, ray_address):
+    """Ctrl-C: reported incomplete (exit 130); killed: resumable; resumed: exactly num_samples
+    trials, no duplicates, one MLflow run per trial, none left RUNNING. A trial whose recorded
+    checkpoint the kill left deleted continues from its newer one instead of failing."""
+    space = _space(tmp_path, "killed", num_samples=6, scheduler={"type": "none"},
+                   fixed={"dataset": "synthetic", "epochs": 6, "device": "cpu"})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["run", "--space", str(space), "--address", ray_address, "--tracking-uri", uri]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    exp = tmp_path / "results" / "killed"
+
+    proc = subprocess.Popen(CLI + args, cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+                            stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    _wait_for_checkpoints(proc, exp, 2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out[-3000:]
+    assert "study incomplete" in out and "--resume" in out
+
+    proc = subprocess.Popen(CLI + args + ["--resume"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            text=True, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    _wait_for_checkpoints(proc, exp, len(list(exp.glob("*/checkpoint_0*"))) + 2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    lost = _lose_recorded_checkpoint(exp)
+
+    res = _run(args + ["--resume"], cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    if lost:
+        assert f"trial {lost}: its last recorded checkpoint" in res.stdout, res.stdout[-3000:]
+    rows = pq.read_table(exp / "trials.parquet").to_pylist()
+    assert len(rows) == 6
+    assert len({r["trial_id"] for r in rows}) == 6
+    assert all(r["status"] == "completed" for r in rows), [r["status"] for r in rows]
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    e = client.get_experiment_by_name("killed")
+    runs = client.search_runs([e.experiment_id], max_results=1000)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len([r for r in runs if "mlflow.parentRunId" not in r.data.tags]) == 1
+    assert len(children) == 6, [r.data.tags.get("msdn_tune.trial_id") for r in children]
+    assert all(r.info.status != "RUNNING" for r in runs)
+    for r in children:  # each epoch logged once: restarted trials continued their own run
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val/H")]
+        assert sorted(steps) == list(range(1, 7)), steps
+
+
+def _nan_store(path: Path) -> Path:
+    import numpy as np
+
+    from msdn_tune.data.resolve import open_benchmark
+    from msdn_tune.data.store import StoreWriter
+
+    src = open_benchmark("tiny")
+    with StoreWriter(path, n_images=src.n_images, channels=src.channels, regions=src.regions,
+                     dtype="float32") as w:
+        feats = src.gather(np.arange(src.n_images)).float().numpy()
+        feats[src.splits["trainval"][:3]] = np.nan
+        w.write(feats)
+        w.finish(labels=src.labels, splits=src.splits, class_attributes=src.class_attributes,
+                 attribute_vectors=src.attribute_vectors, class_names=src.class_names,
+                 attribute_names=src.attribute_names, dataset="synthetic:nan", source="test")
+    return path
+
+
+def test_diverging_trials_are_recorded_failed_and_the_study_goes_on(tmp_path, ray_address):
+    store = _nan_store(tmp_path / "nan-store")
+    space = _space(tmp_path, "diverge", data=str(store), num_samples=3,
+                   scheduler={"type": "none"})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = _run(["run", "--space", str(space), "--address", ray_address, "--tracking-uri", uri],
+               cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "no trial ran to completion" in res.stdout
+    rows = pq.read_table(tmp_path / "results" / "diverge" / "trials.parquet").to_pylist()
+    assert len(rows) == 3
+    assert all(r["status"] == "failed" and "diverged" in r["error"] for r in rows), rows
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    e = client.get_experiment_by_name("diverge")
+    children = [r for r in client.search_runs([e.experiment_id])
+                if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 3
+    assert all(r.info.status == "FAILED" for r in children)
+    assert all("diverged" in r.data.tags.get("msdn_tune.error", "") for r in children)
+
+
+def test_warm_start_feeds_completed_trials_to_the_sampler(study, ray_address):
+    tmp, _, _ = study
+    done = [r for r in pq.read_table(tmp / "results" / "e2e" / "trials.parquet").to_pylist()
+            if r["status"] == "completed"]
+    space = _space(tmp, "warm", num_samples=2, scheduler={"type": "none"},
+                   fixed={"dataset": "synthetic", "epochs": 2, "device": "cpu"})
+    res = _run(["run", "--space", str(space), "--address", ray_address, "--no-tracking",
+                "--warm-start", "e2e"], cwd=tmp, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f"warm start: {len(done)} completed trials given to the sampler" in res.stdout
+
+
+def test_existing_study_is_not_overwritten(study):
+    tmp, _, uri = study
+    res = _run(["run", "--space", str(tmp / "e2e.yaml"), "--tracking-uri", uri], cwd=tmp)
+    assert res.returncode == 2
+    assert "already exists" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_warm_start_from_the_mlflow_experiment_alone(study, ray_address, tmp_path):
+    """The earlier study's folder is not reachable (other storage path): its MLflow experiment
+    in the tracking store provides the completed trials."""
+    tmp, _, uri = study
+    done = [r for r in pq.read_table(tmp / "results" / "e2e" / "trials.parquet").to_pylist()
+            if r["status"] == "completed"]
+    space = _space(tmp_path, "warm-mlflow", num_samples=1, scheduler={"type": "none"},
+                   fixed={"dataset": "synthetic", "epochs": 1, "device": "cpu"})
+    res = _run(["run", "--space", str(space), "--address", ray_address, "--tracking-uri", uri,
+                "--warm-start", "e2e"], cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f"warm start: {len(done)} completed trials given to the sampler" in res.stdout
