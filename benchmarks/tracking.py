@@ -35,9 +35,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.orchestration import calibrate  # noqa: E402
-from msdn_tune.integrations.mlflow.tracking import start_ui, stop_ui, wait_ui  # noqa: E402
 from tests.raytools import free_port, start_head, stop_by_marker  # noqa: E402
+
+from benchmarks.orchestration import calibrate  # noqa: E402
+from msdn_tune.integrations.mlflow import start_ui, stop_ui, wait_ui  # noqa: E402
 
 
 def space_doc(

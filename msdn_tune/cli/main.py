@@ -514,7 +514,7 @@ def reproduce_cmd(run_id: str, tracking_uri: str | None, data: str | None, out: 
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 def ui_cmd(tracking_uri: str | None, port: int, host: str) -> None:
     """Start the MLflow UI for the configured store (foreground, Ctrl-C to stop)."""
-    from msdn_tune.integrations.mlflow import tracking
+    from msdn_tune.integrations import mlflow as tracking
 
     uri = tracking.resolve_tracking_uri(cli=tracking_uri)
     if uri.startswith(("http://", "https://")):

@@ -28,7 +28,7 @@ def evaluate_source(source: str, data: str, overrides: dict[str, Any] | None = N
                         f"({', '.join(sorted(allowed))})")
     bench = open_benchmark(data)
     if source.startswith(("models:/", "runs:/")):
-        from msdn_tune.integrations.mlflow.tracking import (
+        from msdn_tune.integrations.mlflow import (
             check_tracking,
             load_model,
             resolve_tracking_uri,

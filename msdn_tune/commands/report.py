@@ -73,7 +73,7 @@ def study_report(
 def log_plots(report: Report) -> list[str]:
     """Log ``report.plots`` to the study's parent run under ``plots/``; returns their paths."""
     from msdn_tune.errors import TrackingError
-    from msdn_tune.integrations.mlflow.tracking import check_tracking, log_files
+    from msdn_tune.integrations.mlflow import check_tracking, log_files
 
     assert report.tracking_uri and report.parent_run_id
     try:

@@ -43,7 +43,7 @@ def logged_trial(run_id: str, tracking_uri: str | None = None) -> LoggedTrial:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from msdn_tune.integrations.mlflow.tracking import check_tracking, resolve_tracking_uri
+    from msdn_tune.integrations.mlflow import check_tracking, resolve_tracking_uri
 
     uri = resolve_tracking_uri(cli=tracking_uri)
     check_tracking(uri)

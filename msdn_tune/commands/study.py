@@ -258,7 +258,7 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
                             "--resume, or choose another --name")
     def setup_tracking() -> tuple[str, Any, str, str]:
         """The study's parent run (checked store, reopened on resume, stale children closed)."""
-        from msdn_tune.integrations.mlflow.tracking import (
+        from msdn_tune.integrations.mlflow import (
             StudyTracker,
             check_tracking,
             resolve_tracking_uri,
@@ -402,7 +402,7 @@ def _warm_start_rows(warm_start: str, storage: Path, uri: str | None) -> list[Tr
     except MsdnTuneError:
         if uri is None:
             raise
-    from msdn_tune.integrations.mlflow.tracking import trial_rows_from_experiment
+    from msdn_tune.integrations.mlflow import trial_rows_from_experiment
 
     return trial_rows_from_experiment(uri, warm_start)
 
@@ -524,7 +524,7 @@ def promote_best(uri: str, space: SearchSpace, best: TrialRow, data_path: str, *
                  force_promote: bool = False) -> dict[str, Any] | None:
     """Log the best completed trial's model and make it champion if it beats the current one."""
     from msdn_tune.data.resolve import open_benchmark
-    from msdn_tune.integrations.mlflow.tracking import log_champion
+    from msdn_tune.integrations.mlflow import log_champion
     from msdn_tune.integrations.ray.trainable import STATE_FILE
     from msdn_tune.train.config import TrainConfig
     from msdn_tune.train.trainer import build_model, load_checkpoint

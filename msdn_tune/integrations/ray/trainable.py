@@ -69,7 +69,7 @@ def run_trial(config: dict[str, Any], static: TrialStatic) -> None:
 
     tracker = None
     if static.tracking_uri and static.parent_run_id and static.experiment_id:
-        from msdn_tune.integrations.mlflow.tracking import TrialTracker
+        from msdn_tune.integrations.mlflow import TrialTracker
 
         tracker = TrialTracker(
             static.tracking_uri, static.experiment_id, static.parent_run_id,
