@@ -11,9 +11,9 @@ which :mod:`msdn_tune.space.messages` turns into our error text.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, create_model, model_validator
+from pydantic import Discriminator, Field, Tag, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from msdn_tune.space.options import (
@@ -41,10 +41,12 @@ NOT_SEARCHABLE = {
 """Settings that make no sense to search: one study is one benchmark under one selection
 protocol on one kind of device, otherwise its trials are not comparable."""
 
-Setting = Literal[TrainConfig.field_names()]  # type: ignore[valid-type]
-Searchable = Literal[  # type: ignore[valid-type]
-    tuple(f for f in TrainConfig.field_names() if f not in NOT_SEARCHABLE)
-]
+if TYPE_CHECKING:  # the Literals are built from TrainConfig at run time; mypy sees str
+    Setting = str
+    Searchable = str
+else:
+    Setting = Literal[TrainConfig.field_names()]
+    Searchable = Literal[tuple(f for f in TrainConfig.field_names() if f not in NOT_SEARCHABLE)]
 Scalar = str | int | float | bool
 When = Annotated[
     dict[Setting, Annotated[list[Scalar], Field(min_length=1)]],
@@ -56,8 +58,13 @@ When = Annotated[
 ]
 
 
-def _space_error(message: str, *at: str | int) -> PydanticCustomError:
-    return PydanticCustomError("space", "{message}", {"message": message, "at": at})
+def _space_error(message: str, *at: str | int, kind: str = "space") -> PydanticCustomError:
+    """Our message for a rule the fields' types cannot say, with the key path below the model.
+
+    `kind` "space" marks a rule between keys that no JSON Schema expresses; another kind names
+    a rule the schema does express (uniqueItems), so the two can be compared.
+    """
+    return PydanticCustomError(kind, "{message}", {"message": message, "at": at})
 
 
 class FloatParam(Section):
@@ -105,7 +112,7 @@ class CategoricalParam(Section):
     def _unique(self) -> CategoricalParam:
         for i, c in enumerate(self.choices):
             if any(same(c, d) for d in self.choices[:i]):
-                raise _space_error(f"duplicate choice {c!r}", "choices", i)
+                raise _space_error(f"duplicate choice {c!r}", "choices", i, kind="unique_items")
         return self
 
 
@@ -159,6 +166,13 @@ class SpaceDocument(Section):
     version: Literal[FORMAT_VERSION] = Field(  # type: ignore[valid-type]
         description=f"Format version; this msdn-tune reads {FORMAT_VERSION}."
     )
+    @field_validator("version", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # Literal[1] would take true (true == 1 in Python)
+            raise PydanticCustomError("literal_error", "a boolean is not a version")
+        return value
+
     name: str | None = Field(
         None,
         pattern=f"^{NAME_PATTERN}$",
@@ -179,16 +193,16 @@ class SpaceDocument(Section):
         description="Searched trainer settings: name -> {type: float|int|categorical, ...}.",
     )
     objective: ObjectiveField = Field(
-        default_factory=lambda: ObjectiveDoc(metric="best/H"),
+        default_factory=lambda: ObjectiveDoc.model_validate({"metric": "best/H"}),
         description="What to optimise: {metric, mode}, or a list of them for a multi-objective "
         "study.",
     )
     sampler: Sampler = Field(
-        default_factory=TPESampler,
+        default_factory=lambda: TPESampler.model_validate({}),
         description="Optuna sampler: {type: tpe|random|gp|cmaes|nsga2, seed, ...}.",
     )
     scheduler: Scheduler = Field(
-        default_factory=ASHAScheduler,
+        default_factory=lambda: ASHAScheduler.model_validate({}),
         description="Early stopping: {type: asha, grace_period, max_t, ...} or {type: none}.",
     )
     num_samples: int = Field(ge=1, description="Number of trials.")
@@ -196,7 +210,8 @@ class SpaceDocument(Section):
         1, ge=1, description="Trials run at once (always set with Optuna: docs/search.md B3)."
     )
     resources: Resources = Field(
-        default_factory=Resources, description="Resources per trial: {cpu, gpu}."
+        default_factory=lambda: Resources.model_validate({}),
+        description="Resources per trial: {cpu, gpu}.",
     )
     storage_path: str = Field(
         "./msdn_results",
@@ -205,7 +220,8 @@ class SpaceDocument(Section):
         "cluster. ${VAR} expanded; relative paths are made absolute.",
     )
     tracking: Tracking = Field(
-        default_factory=Tracking, description="MLflow settings: {uri, experiment}."
+        default_factory=lambda: Tracking.model_validate({}),
+        description="MLflow settings: {uri, experiment}.",
     )
 
 

@@ -106,13 +106,11 @@ def raise_validation_error(exc: ValidationError, doc: Any, source: str) -> NoRet
     first = next((e for e in errors if e["loc"][:1] == ("version",)), errors[0])
     where, node_key = _real_path(first["loc"], doc)
     if first["type"] == "int_type":  # `int | float` failed both ways: the number is the news
-        first = next(
-            (e for e in errors if e["type"] == "float_type" and _real_path(e["loc"], doc)[0] == where),
-            first,
-        )
+        numbers = (e for e in errors if e["type"] == "float_type")
+        first = next((e for e in numbers if _real_path(e["loc"], doc)[0] == where), first)
     message = _word(first, where, node_key, doc)
-    if first["type"] == "space":
-        where = where + tuple((first.get("ctx") or {}).get("at", ()))
+    if "at" in (first.get("ctx") or {}):  # our own rule (document.py): the path below the model
+        where = where + tuple((first.get("ctx") or {})["at"])
     elif first["type"] in ("union_tag_not_found", "union_tag_invalid") and isinstance(
         first["input"], dict
     ):
@@ -147,7 +145,7 @@ def _word(err: ErrorDetails, where: Where, is_key: bool, doc: Any) -> str:
     value = err["input"]
     ctx = err.get("ctx") or {}
     last = where[-1] if where else ""
-    if kind == "space":
+    if "message" in ctx:
         return str(ctx["message"])
     if is_key or kind == "extra_forbidden":
         return _unknown_key(where, doc)
@@ -228,7 +226,8 @@ def _allowed_keys(section: Where, doc: Any) -> tuple[tuple[str, ...], str]:
     head = section[:1]
     if head == ("params",):
         kind = node.get("type") if isinstance(node, dict) else None
-        model = {"int": IntParam, "categorical": CategoricalParam}.get(str(kind), FloatParam)
+        by_type: dict[str, type[BaseModel]] = {"int": IntParam, "categorical": CategoricalParam}
+        model = by_type.get(str(kind), FloatParam)
     elif head == ("objective",):
         model = ObjectiveDoc
     elif head in (("sampler",), ("scheduler",)):

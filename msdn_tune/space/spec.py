@@ -151,7 +151,7 @@ class StudySpec:
         )
 
 
-class _Flow(dict):  # type: ignore[type-arg]
+class _Flow(dict[str, Any]):
     """A mapping `to_yaml` writes on one line ({type: float, low: ...})."""
 
 
