@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +31,9 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from msdn_tune.errors import ConfigError, DataError
+from msdn_tune.model.interventions import INTERVENTIONS
 
 __all__ = ["INTERVENTIONS", "MSDN", "MSDNOutput"]
-
-INTERVENTIONS = ("none", "random", "uniform", "shuffle")
 
 # Names in the published MSDN state_dict that carry no trained information we use: the dead W3
 # branches (never receive a gradient), the one-hot helper, the margin (we take it from the
@@ -144,8 +144,8 @@ class _AttentionPool(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
+    def forward(
+        ctx: Any,  # FunctionCtx, which declares none of the attributes set on it here
         maps: Tensor,
         temp_a: float,
         temp_b: float,
@@ -159,9 +159,7 @@ class _AttentionPool(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(
-        ctx: torch.autograd.function.FunctionCtx, *grads: Tensor
-    ) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
         maps, s, s1, alpha, beta, *cf = ctx.saved_tensors
         temp_a, temp_b = ctx.temps
         g, g1 = grads[0], grads[1]
@@ -216,6 +214,8 @@ class MSDN(nn.Module):
         ConfigError: unknown intervention or a non-positive temperature / size.
         DataError: class_attributes / attribute_vectors of the wrong rank or shape.
     """
+
+    att: Tensor  # the registered buffer (nn.Module's __getattr__ is typed Tensor | Module)
 
     def __init__(
         self,

@@ -15,12 +15,14 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
+import yaml
+
 from msdn_tune.errors import ConfigError
+from msdn_tune.model.interventions import INTERVENTIONS
 
 DATASETS = ("cub", "sun", "awa2", "flo", "synthetic")
 OPTIMIZERS = ("rmsprop", "adam")
 SAMPLERS = ("uniform", "balanced")
-INTERVENTIONS = ("none", "random", "uniform", "shuffle")
 PRECISIONS = ("fp32", "bf16")
 SELECTIONS = ("official", "clean")
 
@@ -141,12 +143,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Reject out-of-range values with a message naming the key."""
-        _choice("dataset", self.dataset, DATASETS)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("sampler", self.sampler, SAMPLERS)
-        _choice("intervention", self.intervention, INTERVENTIONS)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("selection", self.selection, SELECTIONS)
+        for name, options in FIELD_CHOICES.items():
+            _choice(name, getattr(self, name), options)
         _range("lr", self.lr, low=0.0, high=1.0, low_open=True)
         _range("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
         _range("w1", self.w1, low=0.0, high=1.0)
@@ -174,13 +172,26 @@ class TrainConfig:
                               "(set intervention to random, uniform or shuffle)")
 
 
-_TYPES: dict[str, type] = {f.name: f.type for f in fields(TrainConfig)}  # type: ignore[misc]
+FIELD_TYPES: dict[str, type] = {
+    f.name: {"str": str, "float": float, "int": int, "bool": bool}[str(f.type)]
+    for f in fields(TrainConfig)
+}
+"""Each setting's Python type (str, float, int or bool): what YAML and `--set` values become."""
+
+FIELD_CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": DATASETS,
+    "optimizer": OPTIMIZERS,
+    "sampler": SAMPLERS,
+    "intervention": INTERVENTIONS,
+    "precision": PRECISIONS,
+    "selection": SELECTIONS,
+}
+"""The enumerated settings and their values, as `validate` checks them."""
 
 
 def _coerce(key: str, value: Any) -> Any:
     """Coerce YAML/CLI values to the field's type, rejecting what does not fit."""
-    kind = _TYPES[key]
-    kind = {"str": str, "float": float, "int": int, "bool": bool}.get(kind, kind)  # type: ignore[arg-type]
+    kind = FIELD_TYPES[key]
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -234,8 +245,6 @@ def _range(key: str, value: float, *, low: float | None = None, high: float | No
 
 def parse_set_options(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """Parse `--set key=value` pairs; values are YAML scalars (1e-4, true, rmsprop)."""
-    import yaml
-
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
