@@ -1,23 +1,34 @@
-"""Console output for studies: trials table, best trial, and the closing "what next" lines."""
+"""What the command line prints about results: stores, training runs, trials, studies.
+
+Shared by several commands, or long enough to keep the command functions short: a benchmark
+store's summary, an import's report, a training run's closing tables, the trials table, the best
+trial and a study's closing "what next" lines. One-line messages stay with their command.
+"""
 
 from __future__ import annotations
 
 import shlex
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import click
 from rich.console import Console
 from rich.table import Table
 
+from msdn_tune.console import human_bytes
 from msdn_tune.trials import TRIALS_FILE, TrialRow
+
+if TYPE_CHECKING:
+    from msdn_tune.commands.study import StudyOutcome
+    from msdn_tune.commands.train import TrainRun
+    from msdn_tune.data.importers import ImportResult
 
 _SHOWN = ("best/H", "best/U", "best/S", "best/zsl_acc", "eval/H_tuned", "test/H")
 
 
 def make_console() -> Console:
     """A console that does not squeeze tables to 80 columns when output is piped to a file."""
-    import sys
-
     return Console() if sys.stdout.isatty() else Console(width=200)
 
 
@@ -94,3 +105,89 @@ def print_next_steps(console: Console, *, path: Path, space_file: str | None, na
                       soft_wrap=True, markup=False)
         if best.mlflow_run_id:
             console.print(f"          or: msdn-tune reproduce {best.mlflow_run_id}")
+
+
+def print_study_artifacts(console: Console, out: StudyOutcome) -> None:
+    """The registered model (promoted or not) and the plot files a study produced."""
+    if out.champion:
+        c = out.champion
+        state = "promoted to champion" if c.get("promoted") else "kept the existing champion"
+        console.print(f"model: {c.get('name')} v{c.get('version')} ({state})")
+    for p in out.plots:
+        console.print(f"plot: {p}")
+
+
+_PERCENT_SUFFIXES = ("zsl_acc", "/U", "/S", "/H", "ausuc", "_tuned", "H_best_gamma")
+
+
+def metrics_table(metrics: dict[str, Any], title: str) -> Table:
+    """A two-column table of metrics; accuracies shown in percent."""
+    table = Table(title=title, show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in sorted(metrics):
+        val = metrics[key]
+        if isinstance(val, float) and key.endswith(_PERCENT_SUFFIXES):
+            table.add_row(key, f"{100 * val:.2f}%")
+        elif isinstance(val, float):
+            table.add_row(key, f"{val:.4g}")
+        else:
+            table.add_row(key, str(val))
+    return table
+
+
+def print_train_run(console: Console, run: TrainRun) -> None:
+    """A finished training run: its epochs, final metrics, checkpoint and how to evaluate it."""
+    # commands.train imports torch: loaded already by the run, but not by `results` or `best`.
+    from msdn_tune.commands.train import EPOCH_COLUMNS, format_epoch
+
+    table = Table(*EPOCH_COLUMNS, title=f"{run.dataset} · {run.selection} selection")
+    for m in run.epochs:
+        table.add_row(*format_epoch(m))
+    console.print(table)
+    console.print(metrics_table(run.metrics, "final metrics (accuracies in %)"))
+    console.print(f"checkpoint: {run.checkpoint.resolve()}")
+    console.print(f"evaluate:   msdn-tune evaluate {shlex.quote(str(run.checkpoint))} "
+                  f"--data {shlex.quote(run.data)}")
+
+
+def print_store_summary(info: dict[str, Any]) -> None:
+    """A benchmark store's summary (`BenchmarkStore.summary()`), one aligned line per field."""
+    grid = f" (grid {info['grid'][0]}x{info['grid'][1]})" if info["grid"] else ""
+    word = f"yes, dim {info['word_dim']}" if info["word_vectors"] else "no"
+    lines = [
+        ("path", info["path"]),
+        ("dataset", info["dataset"]),
+        ("source", info["source"]),
+        ("format version", info["format_version"]),
+        ("created", info["created"]),
+        ("features", f"{info['n_images']} x {info['channels']} x {info['regions']}{grid}"),
+        ("dtype", info["dtype"]),
+        ("bytes", f"{human_bytes(info['feature_bytes'])} ({info['file_bytes']} on disk)"),
+        (
+            "classes",
+            f"{info['n_classes']} ({info['n_seen']} seen / {info['n_unseen']} unseen; validation "
+            f"{info['n_val_seen']} seen / {info['n_val_unseen']} unseen)",
+        ),
+        ("attributes", info["n_attributes"]),
+        ("word vectors", word),
+        ("splits", ", ".join(f"{k} {v}" for k, v in info["split_sizes"].items())),
+    ]
+    for key, value in lines:
+        click.echo(f"{key + ':':<16}{value}")
+
+
+def print_import(result: ImportResult, summary: dict[str, Any]) -> None:
+    """What an import did (warnings on stderr), then the new store's summary."""
+    click.echo(str(result.path))
+    resumed = f", {result.resumed_rows} recovered from the interrupted import" \
+        if result.resumed_rows else ""
+    click.echo(f"imported {result.n_images} images in {result.seconds:.1f} s "
+               f"({result.mb_per_s:.0f} MB/s of source features{resumed})")
+    for line in result.mismatches:
+        click.secho(f"warning: differs from the published {result.dataset}: {line}",
+                    fg="yellow", err=True)
+    v = result.validation
+    click.echo(f"{'validation:':<16}{v['source']}: {v['val_unseen_classes']} held-out classes "
+               f"(val_unseen), {v['val_seen_frac']:.0%} of the other classes' images (val_seen)")
+    print_store_summary(summary)

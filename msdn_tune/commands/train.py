@@ -1,7 +1,10 @@
-"""One training run from the command line: output folder, progress, per-epoch table, resume.
+"""The `msdn-tune train` use case: one training run, its output folder, live progress, resume.
 
-Kept apart from `trainer.py` so the Trainer stays free of printing and file layout; the Tune
-trainable uses the Trainer directly.
+Kept apart from `train/trainer.py` so the Trainer stays a library (no printing, no file layout);
+the Tune trainable uses the Trainer directly. What a finished run prints (per-epoch table, final
+metrics, where the checkpoint is) is the command line's: see `msdn_tune.cli.display`. The live
+output (the progress bar, one line per epoch, the resume and interrupt messages) is printed here,
+on the console the caller passes, because it happens while the run goes on.
 """
 
 from __future__ import annotations
@@ -9,24 +12,54 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from msdn_tune.data.resolve import open_benchmark
 from msdn_tune.errors import ConfigError, DivergenceError, MsdnTuneError
 from msdn_tune.train.config import TrainConfig
-from msdn_tune.train.trainer import Trainer, TrainResult, load_checkpoint
+from msdn_tune.train.trainer import Trainer, load_checkpoint
 
-_COLUMNS = ("epoch", "train/loss", "val/zsl_acc", "val/U", "val/S", "val/H", "best/H")
+EPOCH_COLUMNS = ("epoch", "train/loss", "val/zsl_acc", "val/U", "val/S", "val/H", "best/H")
+"""The metrics shown for each epoch, live and in the closing table."""
+
+CHECKPOINT_FILE = "checkpoint.pt"
 
 
-def _dataset_default(name: str) -> str:
-    """Map a benchmark's dataset label (e.g. `synthetic:tiny`, `CUB`) to a recipe name."""
+@dataclass
+class TrainRun:
+    """A finished `msdn-tune train` run: the Trainer's result plus what its summary names.
+
+    It has :class:`~msdn_tune.train.trainer.TrainResult`'s fields (metrics, history, checkpoint),
+    so callers that read a TrainResult read this too.
+    """
+
+    metrics: dict[str, float]
+    """The final metrics (also in ``final.json``)."""
+    history: list[dict[str, float]]
+    """Every epoch's metrics, a resumed run's earlier epochs included."""
+    checkpoint: Path
+    data: str
+    """The benchmark as the user named it (store folder or preset), for the commands printed."""
+    dataset: str
+    """The benchmark's dataset label, e.g. ``synthetic:tiny`` or ``CUB``."""
+    selection: str
+    """The model-selection protocol the run used (its config's ``selection``)."""
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    """The metrics of each epoch this invocation ran (a resumed run's earlier ones excluded)."""
+
+
+def dataset_default(name: str) -> str:
+    """The training recipe for a benchmark's dataset label (e.g. `synthetic:tiny`, `CUB`).
+
+    A new run takes the dataset's recipe unless `--set dataset=...` says otherwise; labels that
+    name no known dataset train with the synthetic recipe.
+    """
     low = name.lower()
     if low.startswith("synthetic"):
         return "synthetic"
@@ -34,6 +67,11 @@ def _dataset_default(name: str) -> str:
         if low.startswith(ds):
             return ds
     return "synthetic"
+
+
+def format_epoch(metrics: dict[str, float]) -> list[str]:
+    """One epoch's :data:`EPOCH_COLUMNS` as text: losses to 4 decimals, accuracies in percent."""
+    return [_fmt(key, metrics.get(key, float("nan"))) for key in EPOCH_COLUMNS]
 
 
 def _fmt(key: str, value: float) -> str:
@@ -44,27 +82,25 @@ def _fmt(key: str, value: float) -> str:
     return f"{100 * value:.1f}"
 
 
-def metrics_table(metrics: dict[str, Any], title: str) -> Table:
-    """A two-column table of metrics; accuracies shown in percent."""
-    table = Table(title=title, show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in sorted(metrics):
-        val = metrics[key]
-        if isinstance(val, float) and any(key.endswith(s) for s in
-                                          ("zsl_acc", "/U", "/S", "/H", "ausuc", "_tuned",
-                                           "H_best_gamma")):
-            table.add_row(key, f"{100 * val:.2f}%")
-        elif isinstance(val, float):
-            table.add_row(key, f"{val:.4g}")
-        else:
-            table.add_row(key, str(val))
-    return table
+def _new_run_dir(cfg: TrainConfig, out: str | None) -> Path:
+    """The folder of a new run (`out`, else a timestamped one under runs/); refuses a used one."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(out) if out else Path("runs") / f"train-{cfg.dataset}-{stamp}"
+    if (out_dir / CHECKPOINT_FILE).exists():
+        raise ConfigError(f"--out {out_dir}: already holds a run; resume it with "
+                          f"--resume {out_dir} or choose another folder")
+    return out_dir
 
 
 def train_command(data: str, overrides: dict[str, Any], out: str | None, resume: str | None,
-                  console: Console | None = None) -> TrainResult:
-    """Run (or resume) one training run and print progress, a per-epoch table and the result."""
+                  console: Console | None = None) -> TrainRun:
+    """Run (or resume) one training run, printing its progress live on `console`.
+
+    `data` is a store folder or preset name; `overrides` are the `--set` settings (on top of the
+    defaults, or of the resumed run's config). Every finished epoch is checkpointed and appended
+    to ``metrics.jsonl`` in the run folder, so Ctrl-C loses at most the current epoch: it prints
+    the resume command and exits 130. A diverging run is the user's to fix: one message (exit 2).
+    """
     console = console or Console()
     bench = open_benchmark(data)
     if resume:
@@ -73,13 +109,9 @@ def train_command(data: str, overrides: dict[str, Any], out: str | None, resume:
         out_dir = Path(resume if Path(resume).is_dir() else Path(resume).parent)
     else:
         values = dict(overrides)
-        values.setdefault("dataset", _dataset_default(bench.dataset))
+        values.setdefault("dataset", dataset_default(bench.dataset))
         cfg = TrainConfig.from_dict(values)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out_dir = Path(out) if out else Path("runs") / f"train-{cfg.dataset}-{stamp}"
-        if (out_dir / "checkpoint.pt").exists():
-            raise ConfigError(f"--out {out_dir}: already holds a run; resume it with "
-                              f"--resume {out_dir} or choose another folder")
+        out_dir = _new_run_dir(cfg, out)
     trainer = Trainer(cfg, bench)
     if resume:  # checked (benchmark, selection) before anything in the run folder changes
         trainer.load_state_dict(state)
@@ -87,8 +119,9 @@ def train_command(data: str, overrides: dict[str, Any], out: str | None, resume:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=True))
 
-    table = Table(*_COLUMNS, title=f"{bench.dataset} · {cfg.selection} selection")
-    ckpt = out_dir / "checkpoint.pt"
+    epochs: list[dict[str, float]] = []
+    ckpt = out_dir / CHECKPOINT_FILE
+    # The product's one progress factory (msdn_tune.console) is to replace this bar.
     bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("batches"), TimeElapsedColumn(), console=console, transient=True)
     with (out_dir / "metrics.jsonl").open("a") as log, bar:
@@ -101,9 +134,10 @@ def train_command(data: str, overrides: dict[str, Any], out: str | None, resume:
             trainer.save(ckpt)
             log.write(json.dumps(m) + "\n")
             log.flush()
-            row = [_fmt(k, m.get(k, float("nan"))) for k in _COLUMNS]
-            bar.console.print("  ".join(f"{k}={v}" for k, v in zip(_COLUMNS, row, strict=True)))
-            table.add_row(*row)
+            epochs.append(m)
+            row = format_epoch(m)
+            bar.console.print("  ".join(f"{k}={v}" for k, v in zip(EPOCH_COLUMNS, row,
+                                                                    strict=True)))
 
         try:
             final = trainer.fit(on_epoch=on_epoch, progress=on_step)
@@ -123,9 +157,5 @@ def train_command(data: str, overrides: dict[str, Any], out: str | None, resume:
             raise SystemExit(130) from None
     trainer.save(ckpt)
     (out_dir / "final.json").write_text(json.dumps(final, indent=2))
-    console.print(table)
-    console.print(metrics_table(final, "final metrics (accuracies in %)"))
-    console.print(f"checkpoint: {ckpt.resolve()}")
-    console.print(f"evaluate:   msdn-tune evaluate {shlex.quote(str(ckpt))} "
-                  f"--data {shlex.quote(data)}")
-    return TrainResult(metrics=final, history=trainer.history, checkpoint=ckpt)
+    return TrainRun(metrics=final, history=trainer.history, checkpoint=ckpt, data=data,
+                    dataset=bench.dataset, selection=cfg.selection, epochs=epochs)

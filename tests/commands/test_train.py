@@ -80,3 +80,10 @@ def test_ctrl_c_prints_the_resume_command(tmp_path):
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert f"--resume {out}" in stdout
+
+
+def test_a_new_run_takes_the_recipe_of_its_benchmarks_dataset():
+    from msdn_tune.commands.train import dataset_default
+
+    assert [dataset_default(d) for d in ("synthetic:tiny", "CUB", "awa2-subset", "SUN", "other")] \
+        == ["synthetic", "cub", "awa2", "sun", "synthetic"]
