@@ -35,22 +35,20 @@ def _trial_run(uri, exp_id, i):
     return tt.run_id
 
 
+def _champion(uri, exp_id, model, i, dataset, **kw):
+    """Log ``model`` as the champion candidate of a new finished trial run ``t<i>``."""
+    return log_champion(uri, model=model, dataset=dataset, study="s", trial_id=f"t{i}",
+                        run_id=_trial_run(uri, exp_id, i), **{"metric": "val/H", **kw})
+
+
 def test_champion_alias_logic_and_loading(sqlite_uri):
     exp = ensure_experiment(sqlite_uri, "champions")
     model = _tiny_msdn().eval()
 
     def champ(i, value, **kw):
         t0 = time.perf_counter()
-        res = log_champion(
-            sqlite_uri,
-            model=model,
-            dataset="tiny",
-            study="s",
-            trial_id=f"t{i}",
-            run_id=_trial_run(sqlite_uri, exp, i),
-            checkpoint=f"/ckpt/{i}",
-            **{"metric": "val/H", "value": value, **kw},
-        )
+        res = _champion(sqlite_uri, exp, model, i, "tiny", checkpoint=f"/ckpt/{i}", value=value,
+                        **kw)
         return res, time.perf_counter() - t0
 
     r1, secs = champ(1, 0.50)
@@ -92,16 +90,7 @@ def test_champion_through_the_server(server):
     exp = ensure_experiment(server, "champions-server")
     model = _tiny_msdn().eval()
     t0 = time.perf_counter()
-    res = log_champion(
-        server,
-        model=model,
-        dataset="cub",
-        study="s",
-        trial_id="t1",
-        run_id=_trial_run(server, exp, 1),
-        metric="val/H",
-        value=0.5,
-    )
+    res = _champion(server, exp, model, 1, "cub", value=0.5)
     print(f"log_champion via server took {time.perf_counter() - t0:.2f} s")
     assert res["promoted"]
     loaded = load_model("models:/msdn-cub@champion", tracking_uri=server)
