@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -55,6 +56,8 @@ def test_champion_alias_logic_and_loading(sqlite_uri):
     print(f"log_champion took {secs:.2f} s")  # reported: ~0.6 s on the sqlite store
     assert secs < 5
     assert r1["promoted"] and r1["previous"] is None and r1["name"] == "msdn-tiny"
+    artifacts = Path(sqlite_uri.removeprefix("sqlite:///")).parent / "mlartifacts"
+    assert list(artifacts.glob("**/code/msdn_tune/model/msdn.py"))  # the package travels along
     r2, _ = champ(2, 0.40)
     assert not r2["promoted"] and r2["previous"] == r1["version"]
     r3, _ = champ(3, 0.60)
