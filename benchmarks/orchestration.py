@@ -45,7 +45,34 @@ def make_store(work: Path, n_images: int, channels: int) -> Path:
     return generate(spec, work / "store", progress=False)
 
 
-def calibrate(store: Path, seconds: float) -> tuple[int, float]:
+def study_doc(
+    name: str, data: str, epochs: int, trials: int, concurrent: int, storage: Path
+) -> dict:
+    """The space file of a benchmark study: two searched params, TPE, every trial in full.
+
+    No early stopping, so each trial runs the calibrated epochs and the trials' own run times
+    are what a perfect orchestrator would need. Shared with benchmarks/tracking.py.
+    """
+    return {
+        "version": 1,
+        "name": name,
+        "data": data,
+        "fixed": {"dataset": "synthetic", "epochs": epochs, "threads": 1, "device": "cpu"},
+        "params": {
+            "lr": {"type": "float", "low": 3e-4, "high": 3e-3, "log": True},
+            "lambda_d": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+        },
+        "objective": {"metric": "best/H", "mode": "max"},
+        "sampler": {"type": "tpe", "seed": 0},
+        "scheduler": {"type": "none"},
+        "num_samples": trials,
+        "max_concurrent_trials": concurrent,
+        "resources": {"cpu": 1},
+        "storage_path": str(storage),
+    }
+
+
+def calibrate(store: Path | str, seconds: float) -> tuple[int, float]:
     """Epochs that make one single-threaded trial last about `seconds`."""
     import torch
 
@@ -93,23 +120,8 @@ def main() -> None:
     epochs, per_epoch = calibrate(store, args.trial_seconds)
     print(f"calibration: {per_epoch:.3f} s/epoch ({args.images} images x {args.channels} "
           f"channels, 1 thread) -> {epochs} epochs per trial")
-    space = {
-        "version": 1,
-        "name": "orchestration",
-        "data": str(store),
-        "fixed": {"dataset": "synthetic", "epochs": epochs, "threads": 1, "device": "cpu"},
-        "params": {
-            "lr": {"type": "float", "low": 3e-4, "high": 3e-3, "log": True},
-            "lambda_d": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
-        },
-        "objective": {"metric": "best/H", "mode": "max"},
-        "sampler": {"type": "tpe", "seed": 0},
-        "scheduler": {"type": "none"},
-        "num_samples": args.trials,
-        "max_concurrent_trials": args.concurrent,
-        "resources": {"cpu": 1},
-        "storage_path": str(work / "results"),
-    }
+    space = study_doc("orchestration", str(store), epochs, args.trials, args.concurrent,
+                      work / "results")
     (work / "space.yaml").write_text(yaml.safe_dump(space))
     cmd = [sys.executable, "-m", "msdn_tune.cli", "run", "--space", str(work / "space.yaml")]
     if args.no_tracking:

@@ -35,32 +35,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.raytools import free_port, start_head, stop_by_marker  # noqa: E402
-
-from benchmarks.orchestration import calibrate  # noqa: E402
+from benchmarks.orchestration import calibrate, study_doc  # noqa: E402
 from msdn_tune.integrations.mlflow import start_ui, stop_ui, wait_ui  # noqa: E402
-
-
-def space_doc(
-    name: str, preset: str, epochs: int, trials: int, concurrent: int, storage: Path
-) -> dict:
-    return {
-        "version": 1,
-        "name": name,
-        "data": preset,
-        "fixed": {"dataset": "synthetic", "epochs": epochs, "threads": 1, "device": "cpu"},
-        "params": {
-            "lr": {"type": "float", "low": 3e-4, "high": 3e-3, "log": True},
-            "lambda_d": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
-        },
-        "objective": {"metric": "best/H", "mode": "max"},
-        "sampler": {"type": "tpe", "seed": 0},
-        "scheduler": {"type": "none"},
-        "num_samples": trials,
-        "max_concurrent_trials": concurrent,
-        "resources": {"cpu": 1},
-        "storage_path": str(storage),
-    }
+from tests.helpers.raynodes import free_port, start_head, stop_by_marker  # noqa: E402
 
 
 def trial_seconds(study: Path) -> float:
@@ -135,7 +112,7 @@ def main() -> None:
         for rep in range(args.repeats):
             for variant, flags in variants.items():
                 name = f"{variant}-{rep}"
-                doc = space_doc(
+                doc = study_doc(
                     name, args.preset, epochs, args.trials, args.concurrent, work / "results"
                 )
                 wall = run_study(work, name, doc, address, flags)

@@ -6,6 +6,7 @@ from typing import Any
 
 from msdn_tune.data.resolve import open_benchmark
 from msdn_tune.errors import DataError
+from msdn_tune.integrations.mlflow import check_tracking, load_model, resolve_tracking_uri
 from msdn_tune.train.config import TrainConfig
 from msdn_tune.train.trainer import Trainer, evaluate_run, load_checkpoint
 
@@ -28,12 +29,6 @@ def evaluate_source(source: str, data: str, overrides: dict[str, Any] | None = N
                         f"({', '.join(sorted(allowed))})")
     bench = open_benchmark(data)
     if source.startswith(("models:/", "runs:/")):
-        from msdn_tune.integrations.mlflow import (
-            check_tracking,
-            load_model,
-            resolve_tracking_uri,
-        )
-
         uri = resolve_tracking_uri(cli=tracking_uri)
         check_tracking(uri)
         model = load_model(source, tracking_uri=uri)

@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from msdn_tune.errors import MsdnTuneError
+from msdn_tune.errors import MsdnTuneError, TrackingError
+from msdn_tune.integrations.mlflow import check_tracking, log_files
+from msdn_tune.integrations.optuna import optuna_study, study_plots
+from msdn_tune.trials import load_trials, read_study_meta, study_space
 
 PLOTS_ARTIFACT_DIR = "plots"
 
@@ -42,9 +45,6 @@ def study_report(
     a completed trial (nothing to plot), and :class:`TrackingError` when the plots were written
     but the study's tracking store cannot take them (the message says where they are).
     """
-    from msdn_tune.integrations.optuna import optuna_study, study_plots
-    from msdn_tune.trials import load_trials, read_study_meta, study_space
-
     path, space = study_space(study, storage_path)
     meta = read_study_meta(path)
     rows = load_trials(path)
@@ -72,9 +72,6 @@ def study_report(
 
 def log_plots(report: Report) -> list[str]:
     """Log ``report.plots`` to the study's parent run under ``plots/``; returns their paths."""
-    from msdn_tune.errors import TrackingError
-    from msdn_tune.integrations.mlflow import check_tracking, log_files
-
     assert report.tracking_uri and report.parent_run_id
     try:
         check_tracking(report.tracking_uri)

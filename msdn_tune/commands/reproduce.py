@@ -15,7 +15,14 @@ from typing import Any
 
 from rich.console import Console
 
-from msdn_tune.errors import ConfigError, TrackingError
+from msdn_tune.commands.train import train_command
+from msdn_tune.errors import ConfigError
+from msdn_tune.integrations.mlflow import (
+    NOT_A_TRIAL_RUN,
+    check_tracking,
+    resolve_tracking_uri,
+    trial_run,
+)
 from msdn_tune.train.config import TrainConfig
 
 ORIGIN_FILE = "reproduced_from.json"
@@ -40,36 +47,12 @@ def logged_trial(run_id: str, tracking_uri: str | None = None) -> LoggedTrial:
     Raises :class:`TrackingError` when the store or the run cannot be read and
     :class:`ConfigError` when the run is not a trial run of msdn-tune.
     """
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from msdn_tune.integrations.mlflow import check_tracking, resolve_tracking_uri
-
     uri = resolve_tracking_uri(cli=tracking_uri)
     check_tracking(uri)
-    client = MlflowClient(tracking_uri=uri)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise TrackingError(
-                f"MLflow run {run_id!r} not found in {uri}; pass the store that "
-                "holds it with --tracking-uri"
-            ) from None
-        raise TrackingError(f"cannot read MLflow run {run_id!r} from {uri}: {exc}") from None
-    tags, params = run.data.tags, run.data.params
-    if tags.get("msdn_tune.kind") == "study":
-        study = tags.get("msdn_tune.study", "?")
-        raise ConfigError(
-            f"run {run_id} is the parent run of study {study!r}; reproduce takes a "
-            f"trial's run id (`msdn-tune best {study}` prints the best trial's)"
-        )
-    settings = {k: v for k, v in params.items() if k in TrainConfig.field_names()}
-    if tags.get("msdn_tune.kind") != "trial" or "dataset" not in settings:
-        raise ConfigError(
-            f"run {run_id} is not an msdn-tune trial run (no msdn_tune.kind=trial "
-            "tag or no training settings among its parameters)"
-        )
+    run = trial_run(uri, run_id)
+    settings = {k: v for k, v in run.params.items() if k in TrainConfig.field_names()}
+    if "dataset" not in settings:
+        raise ConfigError(NOT_A_TRIAL_RUN.format(run_id=run_id))
     try:
         config = TrainConfig.from_dict(settings)
     except ConfigError as exc:
@@ -77,22 +60,14 @@ def logged_trial(run_id: str, tracking_uri: str | None = None) -> LoggedTrial:
             f"run {run_id}: its logged parameters are not a valid training "
             f"configuration here ({exc})"
         ) from None
-
-    data = None
-    parent_id = tags.get("mlflow.parentRunId")
-    if parent_id:
-        try:
-            data = client.get_run(parent_id).data.params.get("data")
-        except MlflowException:
-            data = None  # the parent was deleted: --data must say it
     return LoggedTrial(
         run_id=run_id,
         tracking_uri=uri,
         config=config,
-        data=data,
-        study=tags.get("msdn_tune.study"),
-        trial_id=tags.get("msdn_tune.trial_id"),
-        metrics=dict(run.data.metrics),
+        data=run.data,
+        study=run.study,
+        trial_id=run.trial_id,
+        metrics=run.metrics,
     )
 
 
@@ -111,8 +86,6 @@ def reproduce(
     the logged ones (e.g. ``device`` on a machine without the trial's GPU). The output folder
     (default ``runs/reproduce-<run id>``) also gets ``reproduced_from.json`` naming the source.
     """
-    from msdn_tune.commands.train import train_command
-
     console = console or Console()
     trial = logged_trial(run_id, tracking_uri)
     data = data or trial.data

@@ -23,16 +23,10 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from msdn_tune.integrations.mlflow.tracking import (
-    CHAMPION_ALIAS,
-    TRIAL_STATUSES,
-    StudyTracker,
-    TrialTracker,
-    ensure_experiment,
-    start_ui,
-    stop_ui,
-    wait_ui,
-)
+from msdn_tune.integrations.mlflow.registry import CHAMPION_ALIAS
+from msdn_tune.integrations.mlflow.runs import TRIAL_STATUSES, StudyTracker, TrialTracker
+from msdn_tune.integrations.mlflow.store import ensure_experiment
+from msdn_tune.integrations.mlflow.ui import start_ui, stop_ui, wait_ui
 from msdn_tune.train.config import TrainConfig
 from tests.helpers.raynodes import free_port, pids_matching, stop_by_marker
 from tests.helpers.study import CLI, _run, _space

@@ -1,0 +1,282 @@
+"""The tracking store: which URI, whether it answers, a new SQLite file, the study's experiment.
+
+Everything msdn-tune does in MLflow starts here: :func:`resolve_tracking_uri` picks the store
+(made absolute, because Ray runs each trial in its own working directory), :func:`check_tracking`
+fails in seconds with a hint when it cannot be used, :func:`seed_sqlite_store` starts a new SQLite
+file from a cached migrated schema instead of MLflow's 2 s of migrations, and
+:func:`ensure_experiment` finds or creates the study's experiment with an explicit artifact
+location.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+import shutil
+import sqlite3
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from msdn_tune.cache import cache_root
+from msdn_tune.errors import TrackingError
+from msdn_tune.integrations.mlflow.guard import quick_http
+
+logger = logging.getLogger(__name__)
+
+UNREACHABLE_HINT = (
+    "start one with `msdn-tune ui` (local SQLite store) or "
+    "`mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000`, "
+    "or pass another --tracking-uri"
+)
+
+
+# --- URIs ----------------------------------------------------------------------------------------
+
+
+def is_http(uri: str) -> bool:
+    """Whether ``uri`` names a tracking server rather than a database."""
+    return uri.startswith(("http://", "https://"))
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (relative paths resolved against the cwd)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    raw = uri[len("sqlite:///") :].split("?", 1)[0]
+    return Path(raw) if raw.startswith("/") else Path.cwd() / raw
+
+
+def default_tracking_uri(cwd: Path | None = None) -> str:
+    """``sqlite:///<abs cwd>/mlflow.db``: MLflow 3's own default, made absolute.
+
+    Absolute because Ray runs each trial in its own working directory: a relative SQLite path
+    would give every trial a private, empty database.
+    """
+    base = (cwd or Path.cwd()).resolve()
+    return f"sqlite:///{base / 'mlflow.db'}"
+
+
+def _normalise_uri(uri: str) -> str:
+    uri = uri.strip()
+    if uri.startswith("sqlite:///"):
+        rest = uri[len("sqlite:///") :]
+        path, sep, query = rest.partition("?")
+        if not path.startswith("/"):
+            path = str((Path.cwd() / path).resolve())
+        return f"sqlite:///{path}{sep}{query}"
+    if "://" in uri or uri.startswith("file:"):
+        allow_files = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true")
+        if uri.startswith("file:") and not allow_files:
+            raise TrackingError(
+                f"tracking URI {uri!r}: MLflow >= 3.13 refuses the file store; use "
+                "sqlite:///path/to/mlflow.db (or set MLFLOW_ALLOW_FILE_STORE=true)"
+            )
+        return uri.rstrip("/") if is_http(uri) else uri
+    # a bare path: a *.db file means SQLite; a directory would be the refused file store
+    if uri.endswith((".db", ".sqlite", ".sqlite3")):
+        return f"sqlite:///{(Path.cwd() / uri).resolve()}"
+    raise TrackingError(
+        f"tracking URI {uri!r}: expected sqlite:///path/mlflow.db, http(s)://host:port or a "
+        "database URI; a plain directory would be MLflow's file store, which MLflow >= 3.13 refuses"
+    )
+
+
+def resolve_tracking_uri(cli: str | None = None, space: str | None = None) -> str:
+    """The tracking URI to use: ``cli`` > the space file's value > ``$MLFLOW_TRACKING_URI`` >
+    :func:`default_tracking_uri`.
+
+    Relative SQLite paths are made absolute against the current directory (see
+    :func:`default_tracking_uri` for why); a relative path in a space file is therefore relative
+    to where ``msdn-tune`` is run, not to the space file.
+    """
+    for candidate in (cli, space, os.environ.get("MLFLOW_TRACKING_URI")):
+        if candidate and candidate.strip():
+            return _normalise_uri(candidate)
+    return default_tracking_uri()
+
+
+# --- reachability --------------------------------------------------------------------------------
+
+
+def _auth_headers() -> dict[str, str]:
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    user, pw = (
+        os.environ.get("MLFLOW_TRACKING_USERNAME"),
+        os.environ.get("MLFLOW_TRACKING_PASSWORD"),
+    )
+    if user and pw:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()}
+    return {}
+
+
+def probe_http(uri: str, timeout_s: float) -> str | None:
+    """GET /health, then /version; None when the server answers, else the reason it did not."""
+    reason = "no answer"
+    for path in ("/health", "/version"):
+        req = urllib.request.Request(uri.rstrip("/") + path, headers=_auth_headers())
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - http(s) only
+                if resp.status == 200:
+                    return None
+                reason = f"HTTP {resp.status} from {path}"
+        except urllib.error.HTTPError as exc:
+            reason = f"HTTP {exc.code} from {path}"
+        except (urllib.error.URLError, OSError) as exc:
+            return str(getattr(exc, "reason", exc))
+    return reason
+
+
+def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, with the URI and a hint, when the tracking store cannot be used.
+
+    http(s): the server must answer ``/health`` (or ``/version``) and one API call within
+    ``timeout_s``. SQLite: the database's directory must exist and be writable (the file itself
+    is created on first use). Other database URIs are left to MLflow.
+    """
+    if is_http(uri):
+        reason = probe_http(uri, timeout_s)
+        if reason is not None:
+            raise TrackingError(
+                f"cannot reach the MLflow tracking server at {uri} ({reason}); {UNREACHABLE_HINT}"
+            )
+        try:
+            with quick_http(timeout_s):
+                MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        except Exception as exc:  # noqa: BLE001 - any failure here means "not usable"
+            raise TrackingError(
+                f"the server at {uri} answers /health but its MLflow API failed ({exc}); "
+                "is it an MLflow tracking server?"
+            ) from exc
+        return
+    db = sqlite_path(uri)
+    if db is not None:
+        if not db.parent.is_dir():
+            raise TrackingError(
+                f"tracking URI {uri}: directory {db.parent} does not exist; create it or pass "
+                "another --tracking-uri"
+            )
+        target = db if db.exists() else db.parent
+        if not os.access(target, os.W_OK):
+            raise TrackingError(f"tracking URI {uri}: {target} is not writable")
+        return
+    if uri.startswith("file:"):
+        _normalise_uri(uri)  # raises unless the file store is explicitly allowed
+
+
+# --- a new SQLite store --------------------------------------------------------------------------
+
+
+def seed_sqlite_store(db: Path) -> bool:
+    """Start a new SQLite tracking store as a copy of an empty, fully migrated one.
+
+    MLflow makes a new SQLite store by running every schema migration it has, 130-odd Alembic
+    scripts taking about 2 s, on the first use of each database file: every new study folder,
+    every test. The schema they produce is the same each time for one MLflow and SQLAlchemy, up
+    to the order in which one migration writes the CHECK constraints of ``runs`` (Alembic copies
+    them from a set, so MLflow's own builds differ in that order too), so it is built once into
+    the cache and copied. The copy holds the schema only; MLflow adds its Default experiment,
+    with this store's paths, when it first opens it, as for a new file. An existing file is never
+    touched, and any failure leaves the new file to MLflow. Returns True when the store was seeded.
+    """
+    if db.exists():
+        return False
+    part = db.with_name(f".{db.name}.{os.getpid()}.part")
+    try:
+        # Imported here, not at the top: only a new SQLite store needs them, never a Ray worker
+        # (0.3 s each), nor the start of `msdn-tune run` with a tracking server.
+        import sqlalchemy
+        from mlflow.store.db.utils import (
+            _initialize_tables,  # private API of mlflow, checked against mlflow 3.17.2
+        )
+
+        versions = (f"{mlflow.__version__}-sqlalchemy{sqlalchemy.__version__}"
+                    f"-sqlite{sqlite3.sqlite_version}")
+        template = cache_root() / "mlflow" / f"schema-{versions}.db"
+        if not template.exists():
+            template.parent.mkdir(parents=True, exist_ok=True)
+            tmp = template.with_name(f".{template.name}.{os.getpid()}.tmp")
+            try:
+                engine = sqlalchemy.create_engine(f"sqlite:///{tmp}")
+                try:
+                    _initialize_tables(engine)
+                finally:
+                    engine.dispose()
+                os.replace(tmp, template)  # whole or absent, whoever finishes first
+            finally:
+                tmp.unlink(missing_ok=True)
+        shutil.copyfile(template, part)
+        os.link(part, db)  # fails if another process made the store meanwhile: theirs stands
+        return True
+    except Exception as exc:  # noqa: BLE001 - MLflow then builds the store itself
+        logger.debug("not seeding %s from the cached MLflow schema: %s", db, exc)
+        return False
+    finally:
+        part.unlink(missing_ok=True)
+
+
+# --- experiments ---------------------------------------------------------------------------------
+
+
+def slug(text: str) -> str:
+    """``text`` with every run of characters a folder or registry name should not hold as '-'."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "experiment"
+
+
+def _artifact_location(uri: str, name: str, artifact_root: Path | str | None) -> str | None:
+    """Where a new experiment's artifacts go; None lets an HTTP server decide (proxied)."""
+    if artifact_root is None:
+        if is_http(uri):
+            return None  # the server's --artifacts-destination, reachable from every node
+        db = sqlite_path(uri)
+        root: Path | str = (db.parent if db else Path.cwd()) / "mlartifacts"
+    else:
+        root = artifact_root
+    if isinstance(root, str) and "://" in root:
+        return f"{root.rstrip('/')}/{slug(name)}"
+    return (Path(root).resolve() / slug(name)).as_uri()
+
+
+def ensure_experiment(uri: str, name: str, artifact_root: Path | None = None) -> str:
+    """The id of experiment ``name``, created if needed (restored if it was deleted).
+
+    Local stores get an explicit artifact location (``<db dir>/mlartifacts/<name>``) because
+    MLflow's default is ``./mlruns`` relative to whichever process happens to create it. A new
+    SQLite store starts from the cached schema (:func:`seed_sqlite_store`).
+    """
+    db = sqlite_path(uri)
+    if db is not None:
+        seed_sqlite_store(db)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        with quick_http():
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                try:
+                    return client.create_experiment(
+                        name, artifact_location=_artifact_location(uri, name, artifact_root)
+                    )
+                except MlflowException as exc:
+                    if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # lost a creation race
+                        raise
+                    exp = client.get_experiment_by_name(name)
+                    assert exp is not None
+            if exp.lifecycle_stage == "deleted":
+                logger.warning(
+                    "restoring deleted MLflow experiment %r (id %s)", name, exp.experiment_id
+                )
+                client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+    except Exception as exc:  # noqa: BLE001 - any store failure is a TrackingError
+        raise TrackingError(
+            f"MLflow experiment {name!r} at {uri} cannot be created or read ({exc}); "
+            f"{UNREACHABLE_HINT}"
+        ) from exc
