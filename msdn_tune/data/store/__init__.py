@@ -32,7 +32,6 @@ nothing left mapped), so resident memory stays at a few batches whatever the sto
 have mapped ``resident_bytes`` (the page cache keeps the data).
 """
 
-
 from msdn_tune.data.store.format import (
     ARRAYS_FILE,
     BATCH_TARGET_BYTES,

@@ -176,4 +176,3 @@ def as_index(a: object, what: str) -> np.ndarray:
         if not (np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
             raise DataError(f"{what} must hold integers, got dtype {arr.dtype}")
     return arr.astype(np.int64).reshape(arr.shape)
-

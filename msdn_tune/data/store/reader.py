@@ -45,6 +45,7 @@ _HUGE_PAGE = 2 << 20
 _HAVE_PREADV = hasattr(os, "preadv")
 _IOV_MAX = 512
 
+
 class _PageDropper:
     """``madvise(MADV_DONTNEED)`` through libc; a no-op where it is unavailable."""
 
@@ -74,6 +75,7 @@ class _PageDropper:
 
 
 _DROPPER = _PageDropper()
+
 
 def _reopen(path: str, resident_bytes: int | None) -> BenchmarkStore:
     return BenchmarkStore.open(path, resident_bytes=resident_bytes)

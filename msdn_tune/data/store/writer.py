@@ -419,4 +419,3 @@ class StoreWriter:
                 self.abort()
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
-
