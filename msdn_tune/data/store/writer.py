@@ -148,6 +148,14 @@ class StoreWriter:
             _remove_tree(self._tmp)
             raise
 
+    @property
+    def features_path(self) -> Path:
+        """The features file being written (inside the temporary directory until finish).
+
+        The importers hard-link it so that an interrupted import can resume from it.
+        """
+        return self._tmp / FEATURES_FILE
+
     def _check_target(self) -> None:
         if not self.path.exists():
             return
