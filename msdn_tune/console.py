@@ -29,24 +29,14 @@ def human_bytes(n: int) -> str:
 
 
 class ProgressBar:
-    """A rich progress bar on stderr with throughput, or nothing when not ``enabled``.
+    """A rich progress bar on stderr with throughput, or nothing; made by :func:`progress_bar`.
 
-    Use as a context manager and call :meth:`advance`; make one with :func:`progress_bar`.
+    Use as a context manager and call :meth:`advance`.
     """
 
-    def __init__(
-        self,
-        description: str,
-        total: int,
-        *,
-        unit: ProgressUnit = "bytes",
-        enabled: bool = True,
-        transient: bool = False,
-    ) -> None:
-        self._bar: Progress | None = None
-        self._task: TaskID | None = None
-        if enabled:
-            self._bar, self._task = _rich_bar(description, total, unit, transient)
+    def __init__(self, bar: Progress | None = None, task: TaskID | None = None) -> None:
+        self._bar = bar
+        self._task = task
 
     def __enter__(self) -> ProgressBar:
         if self._bar is not None:
@@ -76,11 +66,14 @@ def progress_bar(
     enabled: bool = True,
     transient: bool = False,
 ) -> ProgressBar:
-    """The progress bar of every long data operation (see :class:`ProgressBar`).
+    """The progress bar of every long data operation: ``total`` units of ``unit``.
 
-    ``transient`` removes the bar when it stops (for steps whose result is printed after).
+    ``enabled=False`` (``-q``) gives a bar that shows nothing; ``transient`` removes the bar when
+    it stops (for steps whose result is printed after).
     """
-    return ProgressBar(description, total, unit=unit, enabled=enabled, transient=transient)
+    if not enabled:
+        return ProgressBar()
+    return ProgressBar(*_rich_bar(description, total, unit, transient))
 
 
 def _rich_bar(

@@ -63,7 +63,7 @@ import pyarrow as pa
 import torch
 
 from msdn_tune.console import ProgressBar, progress_bar
-from msdn_tune.data.registry import get_dataset
+from msdn_tune.data.registry import DatasetInfo, get_dataset
 from msdn_tune.data.sources import (
     AttSplits,
     FeatureSource,
@@ -461,10 +461,20 @@ def _pump(
             os.close(fd)
 
 
-def _tuning_locs(att: AttSplits | None) -> tuple[np.ndarray | None, np.ndarray | None]:
-    if att is None or "train" not in att.locs:
-        return None, None
-    return att.locs["train"], att.locs["val"]
+def _check_small(
+    small: SmallArrays, info: DatasetInfo, att: AttSplits | None, allow_mismatch: bool, where: str
+) -> list[str]:
+    """:func:`finish_small` with xlsa17's tuning split (``train_loc``/``val_loc``) if ``att``
+    has one; returns the registry mismatches."""
+    locs = att.locs if att is not None else {}  # read_att_splits keeps train and val together
+    return finish_small(
+        small,
+        info,
+        train_loc=locs.get("train"),
+        val_loc=locs.get("val"),
+        allow_mismatch=allow_mismatch,
+        where=where,
+    )
 
 
 def import_hdf5(
@@ -519,15 +529,7 @@ def import_hdf5(
                         f"{small.class_attributes.shape[0]} classes in {src_path}"
                     )
                 small.class_names = att.class_names
-        train_loc, val_loc = _tuning_locs(att)
-        found = finish_small(
-            small,
-            info,
-            train_loc=train_loc,
-            val_loc=val_loc,
-            allow_mismatch=allow_mismatch,
-            where=str(src_path),
-        )
+        found = _check_small(small, info, att, allow_mismatch, str(src_path))
     except BaseException:
         source.close()
         raise
@@ -536,14 +538,10 @@ def import_hdf5(
         "files": {"features": str(src_path), **({"att_splits": str(att.path)} if att else {})},
         "attribute_key": small.attribute_key,
         "word_vectors": notes["word_vectors"],
-        "validation": small.validation,
-        "registry": {"dataset": info.name, "mismatches": found},
-        "source_dtype": str(source.dtype),
     }
     options = ImportOptions(dtype, force, resume, chunk_rows, progress, rows_per_batch)
-    return _run_import(
-        source, small, out, meta, options, label=f"import {info.name} from {src_path.name}"
-    )
+    label = f"import {info.name} from {src_path.name}"
+    return _run_import(source, small, out, meta, options, info=info, found=found, label=label)
 
 
 def import_mat(
@@ -593,15 +591,7 @@ def import_mat(
         class_names=att.class_names or [f"class_{k:03d}" for k in range(n_cls)],
         attribute_key=att.attribute_key,
     )
-    train_loc, val_loc = _tuning_locs(att)
-    found = finish_small(
-        small,
-        info,
-        train_loc=train_loc,
-        val_loc=val_loc,
-        allow_mismatch=allow_mismatch,
-        where=f"{att.path} + {res.path}",
-    )
+    found = _check_small(small, info, att, allow_mismatch, f"{att.path} + {res.path}")
     source = open_features(features)
     try:
         _check_feature_order(source, res, Path(features))
@@ -617,14 +607,10 @@ def import_mat(
         },
         "attribute_key": att.attribute_key,
         "word_vectors": None if w2v is None else str(Path(w2v).expanduser().absolute()),
-        "validation": small.validation,
-        "registry": {"dataset": info.name, "mismatches": found},
-        "source_dtype": str(source.dtype),
     }
     options = ImportOptions(dtype, force, resume, chunk_rows, progress, rows_per_batch)
-    return _run_import(
-        source, small, out, meta, options, label=f"import {info.name} from {Path(features).name}"
-    )
+    label = f"import {info.name} from {Path(features).name}"
+    return _run_import(source, small, out, meta, options, info=info, found=found, label=label)
 
 
 def _check_feature_order(source: FeatureSource, res: Res101, path: Path) -> None:
@@ -657,11 +643,20 @@ def _run_import(
     meta: dict[str, Any],
     options: ImportOptions,
     *,
+    info: DatasetInfo,
+    found: list[str],
     label: str,
 ) -> ImportResult:
-    """Stream ``source`` into the store at ``out`` and finish it with ``small`` and ``meta``
-    (the ``import`` entry of meta.json, which names the dataset and the registry mismatches)."""
-    dataset: str = meta["registry"]["dataset"]
+    """Stream ``source`` into the store at ``out`` and finish it with ``small``; ``meta`` (what
+    the source was) becomes meta.json's ``import`` entry with the validation split, the registry
+    mismatches ``found`` and the source dtype added."""
+    dataset = info.name
+    meta = {
+        **meta,
+        "validation": small.validation,
+        "registry": {"dataset": dataset, "mismatches": found},
+        "source_dtype": str(source.dtype),
+    }
 
     def finish(writer: StoreWriter) -> Path:
         return writer.finish(
@@ -688,6 +683,6 @@ def _run_import(
         seconds=seconds,
         source_bytes=n_bytes,
         resumed_rows=resumed,
-        mismatches=list(meta["registry"]["mismatches"]),
+        mismatches=found,
         validation=small.validation,
     )

@@ -6,6 +6,7 @@ and renames it into place is in :class:`StoreWriter`'s docstring.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -14,7 +15,7 @@ import shutil
 import uuid
 import zipfile
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,8 @@ def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
             zf.writestr(info, buf.getvalue())
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or directory by path (what makes a rename or a write durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -254,125 +256,109 @@ class StoreWriter:
         """
         if self._finished or self._closed:
             raise RuntimeError("StoreWriter.finish() called twice or after abort()")
-        try:
-            return self._finish(
+        with self._discard_on_error():
+            if self.rows_written != self.n_images:
+                raise DataError(
+                    f"{self.path}: {self.rows_written} feature rows written, "
+                    f"expected n_images={self.n_images}"
+                )
+            labels = as_index(labels, "labels")
+            split_arrays = {
+                name: as_index(rows, f"split {name!r}") for name, rows in splits.items()
+            }
+            class_attributes = np.asarray(class_attributes, dtype=np.float32)
+            if attribute_vectors is not None:
+                attribute_vectors = np.asarray(attribute_vectors, dtype=np.float32)
+            where = f"store {self.path}"
+            check_arrays(
+                where,
+                n_images=self.n_images,
                 labels=labels,
-                splits=splits,
+                splits=split_arrays,
                 class_attributes=class_attributes,
                 attribute_vectors=attribute_vectors,
-                class_names=class_names,
-                attribute_names=attribute_names,
-                dataset=dataset,
-                source=source,
-                extra_meta=extra_meta,
             )
+            n_classes, n_attr = class_attributes.shape
+            class_names = [str(c) for c in class_names]
+            if len(class_names) != n_classes:
+                raise DataError(f"{where}: {len(class_names)} class_names for {n_classes} classes")
+            if attribute_names is not None:
+                attribute_names = [str(a) for a in attribute_names]
+                if len(attribute_names) != n_attr:
+                    raise DataError(
+                        f"{where}: {len(attribute_names)} attribute_names for {n_attr} attributes"
+                    )
+            extra = dict(extra_meta or {})
+            clash = sorted(set(extra) & set(META_TYPES))
+            if clash:
+                raise ValueError(f"extra_meta may not set reserved meta.json keys {clash}")
+
+            self._flush()
+            self._ipc.close()
+            self._sink.close()
+            features_path = self._tmp / FEATURES_FILE
+            fsync_path(features_path)
+
+            arrays: dict[str, np.ndarray] = {
+                "labels": labels,
+                "class_attributes": class_attributes,
+                **{f"split_{name}": split_arrays[name] for name in SPLIT_NAMES},
+            }
+            if attribute_vectors is not None:
+                arrays["attribute_vectors"] = attribute_vectors
+            _write_npz(self._tmp / ARRAYS_FILE, arrays)
+            fsync_path(self._tmp / ARRAYS_FILE)
+
+            n_batches = math.ceil(self.n_images / self.rows_per_batch)
+            meta: dict[str, Any] = {
+                "format_version": FORMAT_VERSION,
+                "dataset": str(dataset),
+                "source": str(source),
+                "n_images": self.n_images,
+                "channels": self.channels,
+                "regions": self.regions,
+                "grid": self._grid,
+                "dtype": str(self.dtype),
+                "n_classes": int(n_classes),
+                "n_attributes": int(n_attr),
+                "word_dim": None if attribute_vectors is None else int(attribute_vectors.shape[1]),
+                "class_names": class_names,
+                "attribute_names": attribute_names,
+                "split_sizes": {name: int(len(split_arrays[name])) for name in SPLIT_NAMES},
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "features": {
+                    "file": FEATURES_FILE,
+                    "column": FEATURE_COLUMN,
+                    "file_bytes": features_path.stat().st_size,
+                    "rows_per_batch": self.rows_per_batch,
+                    "n_batches": n_batches,
+                    "crc32": self._crc,
+                },
+                "arrays": {name: array_record(a) for name, a in sorted(arrays.items())},
+                **extra,
+            }
+            with open(self._tmp / META_FILE, "w", encoding="utf-8") as fh:
+                json.dump(meta, fh, indent=1)
+                fh.write("\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            self._publish()
+            self._finished = True
+            self._buf = np.empty(0, dtype=self.dtype)
+            return self.path
+
+    @contextlib.contextmanager
+    def _discard_on_error(self) -> Iterator[None]:
+        """Discard the temporary directory on any error; an OSError (e.g. a full disk) becomes
+        a DataError naming the store."""
+        try:
+            yield
         except OSError as exc:
             self.abort()
             raise DataError(f"writing the store {self.path} failed: {exc}") from exc
         except BaseException:
             self.abort()
             raise
-
-    def _finish(
-        self,
-        *,
-        labels: np.ndarray,
-        splits: Mapping[str, np.ndarray],
-        class_attributes: np.ndarray,
-        attribute_vectors: np.ndarray | None,
-        class_names: Sequence[str],
-        attribute_names: Sequence[str] | None,
-        dataset: str,
-        source: str,
-        extra_meta: Mapping[str, Any] | None,
-    ) -> Path:
-        if self.rows_written != self.n_images:
-            raise DataError(
-                f"{self.path}: {self.rows_written} feature rows written, "
-                f"expected n_images={self.n_images}"
-            )
-        labels = as_index(labels, "labels")
-        split_arrays = {name: as_index(rows, f"split {name!r}") for name, rows in splits.items()}
-        class_attributes = np.asarray(class_attributes, dtype=np.float32)
-        if attribute_vectors is not None:
-            attribute_vectors = np.asarray(attribute_vectors, dtype=np.float32)
-        where = f"store {self.path}"
-        check_arrays(
-            where,
-            n_images=self.n_images,
-            labels=labels,
-            splits=split_arrays,
-            class_attributes=class_attributes,
-            attribute_vectors=attribute_vectors,
-        )
-        n_classes, n_attr = class_attributes.shape
-        class_names = [str(c) for c in class_names]
-        if len(class_names) != n_classes:
-            raise DataError(f"{where}: {len(class_names)} class_names for {n_classes} classes")
-        if attribute_names is not None:
-            attribute_names = [str(a) for a in attribute_names]
-            if len(attribute_names) != n_attr:
-                raise DataError(
-                    f"{where}: {len(attribute_names)} attribute_names for {n_attr} attributes"
-                )
-        extra = dict(extra_meta or {})
-        clash = sorted(set(extra) & set(META_TYPES))
-        if clash:
-            raise ValueError(f"extra_meta may not set reserved meta.json keys {clash}")
-
-        self._flush()
-        self._ipc.close()
-        self._sink.close()
-        features_path = self._tmp / FEATURES_FILE
-        _fsync_path(features_path)
-
-        arrays: dict[str, np.ndarray] = {
-            "labels": labels,
-            "class_attributes": class_attributes,
-            **{f"split_{name}": split_arrays[name] for name in SPLIT_NAMES},
-        }
-        if attribute_vectors is not None:
-            arrays["attribute_vectors"] = attribute_vectors
-        _write_npz(self._tmp / ARRAYS_FILE, arrays)
-        _fsync_path(self._tmp / ARRAYS_FILE)
-
-        n_batches = math.ceil(self.n_images / self.rows_per_batch)
-        meta: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "dataset": str(dataset),
-            "source": str(source),
-            "n_images": self.n_images,
-            "channels": self.channels,
-            "regions": self.regions,
-            "grid": self._grid,
-            "dtype": str(self.dtype),
-            "n_classes": int(n_classes),
-            "n_attributes": int(n_attr),
-            "word_dim": None if attribute_vectors is None else int(attribute_vectors.shape[1]),
-            "class_names": class_names,
-            "attribute_names": attribute_names,
-            "split_sizes": {name: int(len(split_arrays[name])) for name in SPLIT_NAMES},
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "features": {
-                "file": FEATURES_FILE,
-                "column": FEATURE_COLUMN,
-                "file_bytes": features_path.stat().st_size,
-                "rows_per_batch": self.rows_per_batch,
-                "n_batches": n_batches,
-                "crc32": self._crc,
-            },
-            "arrays": {name: array_record(a) for name, a in sorted(arrays.items())},
-            **extra,
-        }
-        with open(self._tmp / META_FILE, "w", encoding="utf-8") as fh:
-            json.dump(meta, fh, indent=1)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        self._publish()
-        self._finished = True
-        self._buf = np.empty(0, dtype=self.dtype)
-        return self.path
 
     def _publish(self) -> None:
         """Rename the temporary directory onto ``path`` (replacing a store only with force)."""
@@ -392,7 +378,7 @@ class StoreWriter:
                 ) from exc
             raise
         try:
-            _fsync_path(self.path.parent)
+            fsync_path(self.path.parent)
         except OSError:
             pass  # not every filesystem lets a directory be fsync'ed
         if old is not None:
