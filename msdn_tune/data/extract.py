@@ -64,6 +64,8 @@ PART_TARGET_BYTES = 64 << 20
 
 
 def _pil() -> Any:
+    """PIL's Image module; Pillow is the optional ``images`` extra, so a missing one is a
+    ConfigError saying how to install it (hence the import here, not at module level)."""
     try:
         from PIL import Image
     except ImportError as exc:
