@@ -50,7 +50,7 @@ TARGET_RATIO = 0.8
 
 _CHILD = """
 import json, sys, time
-from msdn_tune.data.importers import import_hdf5
+from msdn_tune.data.ingest import import_hdf5
 a = json.loads(sys.argv[1])
 t = time.perf_counter()
 r = import_hdf5(a["src"], "CUB", a["out"], dtype=a["dtype"], allow_mismatch=a["allow"],

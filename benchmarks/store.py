@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from msdn_tune.data.store import BenchmarkStore, StoreWriter
+from msdn_tune.data.store.writer import fsync_path as fsync
 from msdn_tune.data.synth import PRESETS, build_benchmark, iter_feature_chunks
 
 TARGETS = {"open_s": 0.5, "gather_ratio": 5.0, "rss_bytes": 1 << 30}
@@ -54,14 +55,6 @@ def status_bytes(key: str) -> int:
 def mem_available() -> int:
     text = Path("/proc/meminfo").read_text()
     return int(re.search(r"MemAvailable:\s+(\d+)", text).group(1)) * 1024
-
-
-def fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_both(root: Path, n_images: int) -> dict[str, float]:

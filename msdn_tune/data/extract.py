@@ -8,34 +8,19 @@ torchvision's ``Resize(448)`` does on a PIL image), centre-cropped to 448 x 448,
 paths come from ``res101.mat``'s ``image_files`` with the dataset's MATLAB prefix rule
 (:func:`msdn_tune.data.registry.strip_matlab_path`).
 
-Why no torchvision: the network is defined here (:class:`ResNet101Trunk`, the torchvision module
-layout and parameter names, so torchvision's weight file loads as is) and preprocessing uses
-Pillow directly. torchvision wheels are built against one exact torch build (a CUDA torchvision
-does not even import next to a CPU torch), which would make the optional ``images`` extra fight
-the main torch install; Pillow is all this needs. Weights are never downloaded: they are read
-from torchvision's cache (``$TORCH_HOME/hub/checkpoints/resnet101-63fe2227.pth``) or from
-``--weights FILE``, with ``torch.load(weights_only=True)``.
+Why no torchvision: the network is built in (:mod:`msdn_tune.data.resnet`) and preprocessing
+uses Pillow directly, which is all this needs.
 
-The output is a **feature folder**, the input of ``msdn-tune data import mat --features``:
-
-``features.json``
-    format marker, image count, shape, dtype, image size, the SHA-256 of the weights and of
-    ``res101.mat``'s image list (so the import can refuse features of other images), the path
-    rule used, and ``complete``.
-``part-NNNNNN.npy``
-    ``part_rows`` consecutive images each (the last part shorter), ``(n, 2048, 14, 14)`` in the
-    chosen dtype, written to a temporary name, fsync'ed and renamed: a part either exists whole
-    or not at all.
-
-An interrupted extraction (Ctrl-C, crash, ``kill -9``) keeps its finished parts; ``--resume``
-continues at the first missing one (any batch size), and the import refuses a folder that is not
-``complete``. Memory stays at one part plus a few batches whatever the dataset size.
+The output is a **feature folder** (:mod:`msdn_tune.data.sources.featuredir` describes its
+files), the input of ``msdn-tune data import mat --features``. An interrupted extraction
+(Ctrl-C, crash, ``kill -9``) keeps its finished parts; ``--resume`` continues at the first
+missing one (any batch size), and the import refuses a folder that is not ``complete``. Memory
+stays at one part plus a few batches whatever the dataset size.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
@@ -48,13 +33,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from msdn_tune.data.importers import (
-    _maybe_kill,
-    _Progress,
-    image_files_digest,
-    read_res101,
-)
+from msdn_tune.console import ProgressBar, progress_bar
 from msdn_tune.data.registry import DatasetInfo, get_dataset, strip_matlab_path
+from msdn_tune.data.resnet import V1_SHA256_PREFIX, WeightsInfo, find_weights, load_trunk
+from msdn_tune.data.sources.featuredir import (
+    FEATURES_JSON,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    part_name,
+    part_shape,
+    read_manifest,
+)
+from msdn_tune.data.sources.xlsa17 import image_files_digest, read_res101
 from msdn_tune.errors import ConfigError, DataError
 
 try:
@@ -62,172 +52,10 @@ try:
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
-FEATURES_JSON = "features.json"
-FORMAT_NAME = "msdn-tune-features"
-FORMAT_VERSION = 1
-#: torchvision's file name for ``ResNet101_Weights.IMAGENET1K_V1`` (its SHA-256 starts 63fe2227).
-V1_WEIGHTS_FILE = "resnet101-63fe2227.pth"
-V1_SHA256_PREFIX = "63fe2227"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Bytes of one feature part (in the stored dtype).
 PART_TARGET_BYTES = 64 << 20
-
-
-# --------------------------------------------------------------------------------------------
-# the network
-# --------------------------------------------------------------------------------------------
-
-
-class _Bottleneck(nn.Module):
-    """torchvision's ResNet V1.5 bottleneck: the stride sits on the 3 x 3 convolution."""
-
-    def __init__(self, inplanes: int, planes: int, stride: int, downsample: bool) -> None:
-        super().__init__()
-        out = planes * 4
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = (
-            nn.Sequential(
-                nn.Conv2d(inplanes, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out)
-            )
-            if downsample
-            else None
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        y = self.relu(self.bn1(self.conv1(x)))
-        y = self.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        return self.relu(y + identity)
-
-
-class ResNet101Trunk(nn.Module):
-    """ResNet-101 without avgpool and fc: images (B, 3, S, S) -> layer-4 maps (B, 2048, S/32, S/32).
-
-    Module names and parameter shapes are torchvision's ``resnet101`` ones (``conv1``, ``bn1``,
-    ``layer1`` ... ``layer4``, ``downsample.0/1``), so its state_dict loads directly (``fc.*``
-    entries are ignored).
-    """
-
-    LAYERS = ((64, 3, 1), (128, 4, 2), (256, 23, 2), (512, 3, 2))
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        inplanes = 64
-        for i, (planes, blocks, stride) in enumerate(self.LAYERS, start=1):
-            layer = [_Bottleneck(inplanes, planes, stride, downsample=True)]
-            inplanes = planes * 4
-            layer += [_Bottleneck(inplanes, planes, 1, downsample=False) for _ in range(blocks - 1)]
-            setattr(self, f"layer{i}", nn.Sequential(*layer))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-
-def default_weights_path() -> Path:
-    """Where torchvision caches the ImageNet V1 weights (``torch.hub.get_dir()``)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / V1_WEIGHTS_FILE
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(8 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class WeightsInfo:
-    """A weights file and its content hash (recorded so a resume uses the same weights)."""
-
-    path: Path
-    sha256: str
-
-    @property
-    def is_imagenet_v1(self) -> bool:
-        """Whether these are torchvision's IMAGENET1K_V1 weights (by content hash prefix)."""
-        return self.sha256.startswith(V1_SHA256_PREFIX)
-
-
-def find_weights(weights: str | Path | None = None) -> WeightsInfo:
-    """The weights file (``weights`` or torchvision's cached V1 file) and its SHA-256.
-
-    Nothing is downloaded: a missing file raises DataError saying where it is expected.
-    """
-    path = Path(weights).expanduser() if weights is not None else default_weights_path()
-    if not path.is_file():
-        if weights is not None:
-            raise DataError(f"weights file {path} does not exist")
-        raise DataError(
-            f"the ResNet-101 ImageNet V1 weights are not in torchvision's cache ({path}); "
-            "msdn-tune never downloads them. Copy torchvision's file "
-            f"{V1_WEIGHTS_FILE} (ResNet101_Weights.IMAGENET1K_V1, "
-            f"https://download.pytorch.org/models/{V1_WEIGHTS_FILE}) to that path "
-            "(or set TORCH_HOME), or pass --weights FILE"
-        )
-    return WeightsInfo(path.absolute(), _sha256(path))
-
-
-def load_trunk(
-    weights: str | Path | WeightsInfo | None = None,
-) -> tuple[ResNet101Trunk, WeightsInfo]:
-    """The ResNet-101 trunk with weights from ``weights`` or torchvision's cache, in eval mode.
-
-    The file is read with ``torch.load(weights_only=True)`` (a plain state_dict, possibly under
-    ``state_dict``/``model`` or with DataParallel's ``module.`` prefix); ``fc.*`` is ignored. A
-    file that is not such a state_dict, or whose parameters do not fit ResNet-101, raises
-    DataError naming the keys.
-    """
-    info = weights if isinstance(weights, WeightsInfo) else find_weights(weights)
-    path = info.path
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError (bad zip), ...
-        raise DataError(
-            f"weights file {path} cannot be loaded as a plain state_dict "
-            f"(torch.load weights_only=True): {exc}"
-        ) from exc
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DataError(f"weights file {path} does not hold a state_dict of tensors")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    with torch.device("meta"):  # no random initialisation: every tensor comes from the file
-        model = ResNet101Trunk()
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own and not k.startswith("fc.")]
-    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        for what, keys in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shape", wrong),
-        ):
-            if keys:
-                parts.append(f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}")
-        raise DataError(f"weights file {path} is not a ResNet-101 state_dict ({'; '.join(parts)})")
-    model.load_state_dict(
-        {k: state[k].float() if state[k].is_floating_point() else state[k] for k in own},
-        assign=True,
-    )
-    model.eval()
-    return model, info
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,6 +64,8 @@ def load_trunk(
 
 
 def _pil() -> Any:
+    """PIL's Image module; Pillow is the optional ``images`` extra, so a missing one is a
+    ConfigError saying how to install it (hence the import here, not at module level)."""
     try:
         from PIL import Image
     except ImportError as exc:
@@ -340,27 +170,6 @@ def resolve_image_paths(
     return paths, strip
 
 
-# --------------------------------------------------------------------------------------------
-# the feature folder
-# --------------------------------------------------------------------------------------------
-
-
-def _part_name(i: int) -> str:
-    return f"part-{i:06d}.npy"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path} cannot be read as JSON: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
-        raise DataError(f"{path} is not a msdn-tune feature folder description")
-    if data.get("version") != FORMAT_VERSION:
-        raise DataError(f"{path}: version {data.get('version')!r} is not {FORMAT_VERSION}")
-    return data
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -369,100 +178,6 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def _part_shape(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
-    """Shape and dtype from a .npy header (cheap), or None if unreadable."""
-    try:
-        with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
-            elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
-            else:
-                return None
-            header = fh.tell()
-        if path.stat().st_size != header + int(np.prod(shape)) * np.dtype(dtype).itemsize:
-            return None
-        return tuple(shape), np.dtype(dtype)
-    except (OSError, ValueError):
-        return None
-
-
-class FeatureDir:
-    """A complete feature folder opened for reading (a ``FeatureSource`` for the importers)."""
-
-    def __init__(self) -> None:
-        raise TypeError("use FeatureDir.open(path)")
-
-    @classmethod
-    def open(cls, path: str | Path) -> FeatureDir:
-        """Open a folder written by :func:`extract_features`; DataError if it is incomplete."""
-        self = object.__new__(cls)
-        self.path = Path(path).expanduser().absolute()
-        meta = _read_json(self.path / FEATURES_JSON)
-        self.meta = meta
-        try:
-            self.n_images = int(meta["n_images"])
-            self.channels = int(meta["channels"])
-            self.grid = (int(meta["grid"][0]), int(meta["grid"][1]))
-            self.dtype = np.dtype(meta["dtype"])
-            self.part_rows = int(meta["part_rows"])
-            self.image_files_digest = str(meta["image_files_sha256"])
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise DataError(f"{self.path / FEATURES_JSON} is malformed: {exc!r}") from exc
-        if min(self.n_images, self.channels, *self.grid, self.part_rows) < 1:
-            raise DataError(f"{self.path / FEATURES_JSON}: sizes must be positive")
-        self.regions = self.grid[0] * self.grid[1]
-        self.align = self.part_rows
-        n_parts = -(-self.n_images // self.part_rows)
-        if not meta.get("complete"):
-            done = sum(1 for i in range(n_parts) if (self.path / _part_name(i)).is_file())
-            raise DataError(
-                f"{self.path}: the extraction is not complete ({done} of {n_parts} parts); "
-                "run 'msdn-tune data extract ... --resume' to finish it"
-            )
-        for i in range(n_parts):
-            rows = min(self.part_rows, self.n_images - i * self.part_rows)
-            want = (rows, self.channels, *self.grid)
-            got = _part_shape(self.path / _part_name(i))
-            if got is None or got != (want, self.dtype):
-                raise DataError(
-                    f"{self.path / _part_name(i)} is missing or damaged: expected {want} "
-                    f"{self.dtype}, found {got}"
-                )
-        self._part_index = -1
-        self._part: np.ndarray | None = None
-        return self
-
-    def identity(self) -> dict[str, Any]:
-        st = (self.path / FEATURES_JSON).stat()
-        return {"kind": "feature-dir", "path": str(self.path), "mtime_ns": st.st_mtime_ns}
-
-    def _load(self, i: int) -> np.ndarray:
-        if i != self._part_index:
-            self._part = None  # unmap the previous part before mapping the next
-            self._part = np.load(self.path / _part_name(i), mmap_mode="r", allow_pickle=False)
-            self._part_index = i
-        assert self._part is not None
-        return self._part
-
-    def read(self, lo: int, hi: int, out: np.ndarray) -> np.ndarray:
-        view = out[: hi - lo]
-        pos = lo
-        while pos < hi:
-            i = pos // self.part_rows
-            part = self._load(i)
-            a = pos - i * self.part_rows
-            b = min(hi - i * self.part_rows, len(part))
-            view[pos - lo : pos - lo + (b - a)] = part[a:b].reshape(b - a, self.channels, -1)
-            pos += b - a
-        return view
-
-    def close(self) -> None:
-        self._part = None
-        self._part_index = -1
 
 
 # --------------------------------------------------------------------------------------------
@@ -529,7 +244,7 @@ def _prepare_out(
             )
     done = 0
     if manifest.is_file():
-        meta = _read_json(manifest)
+        meta = read_manifest(manifest)
         if meta.get("complete") and not force:
             raise DataError(f"{out} already holds a complete extraction; pass --force to redo it")
         if not meta.get("complete") and not (resume or force):
@@ -549,7 +264,7 @@ def _prepare_out(
             want_tail = (identity["channels"], *identity["grid"])
             while done < n_parts:
                 n = min(rows, identity["n_images"] - done * rows)
-                got = _part_shape(out / _part_name(done))
+                got = part_shape(out / part_name(done))
                 if got != ((n, *want_tail), np.dtype(identity["dtype"])):
                     break
                 done += 1
@@ -572,12 +287,12 @@ def _write_part(out: Path, i: int, rows: np.ndarray, source: np.ndarray) -> None
             f"feature values of part {i} overflow {rows.dtype} "
             f"(largest {float(np.abs(source).max()):g}); use --dtype float32"
         )
-    tmp = out / f".{_part_name(i)}.tmp"
+    tmp = out / f".{part_name(i)}.tmp"
     with open(tmp, "wb") as fh:
         np.lib.format.write_array(fh, rows, allow_pickle=False)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, out / _part_name(i))
+    os.replace(tmp, out / part_name(i))
 
 
 def extract_features(
@@ -683,8 +398,7 @@ def extract_features(
             image_size,
             out,
             res.image_files,
-            progress,
-            f"extract {info.name}",
+            progress_bar(f"extract {info.name}", n, unit="images", enabled=progress),
         )
         manifest["complete"] = True
         _write_json(out / FEATURES_JSON, manifest)
@@ -720,9 +434,9 @@ def _run(
     image_size: int,
     out: Path,
     image_files: list[str],
-    progress: bool,
-    label: str,
+    progress: ProgressBar,
 ) -> None:
+    """Run the network over images ``start..n`` and write every part as it fills."""
     if start >= n:
         return
     if workers is None:
@@ -740,7 +454,7 @@ def _run(
     part = start // part_rows
     buf = np.empty((part_rows, 2048, *grid), dtype=np.float32)
     fill = 0
-    with _Progress(progress, label, n, "images") as bar, torch.inference_mode():
+    with progress as bar, torch.inference_mode():
         bar.advance(start)
         for index, x, errors in loader:
             bad = [(int(i), e) for i, e in zip(index.tolist(), errors, strict=True) if e]
@@ -761,5 +475,4 @@ def _run(
                     _write_part(out, part, buf[:fill].astype(dtype), buf[:fill])
                     part += 1
                     fill = 0
-                    _maybe_kill(part - start // part_rows)
             bar.advance(len(feats))

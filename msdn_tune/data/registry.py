@@ -7,20 +7,20 @@ meaningless numbers. Every import therefore compares what it read with the publi
 (for subsets and test files).
 
 The registry also knows each dataset's MATLAB image-path rule (how many leading components of the
-absolute paths in ``res101.mat``'s ``image_files`` to drop, reference §4.2) and which published
-training recipe (``msdn_tune.train.config``) the search spaces build on for it.
+absolute paths in ``res101.mat``'s ``image_files`` to drop, reference §4.2) and the name of each
+dataset's published training recipe (``recipe``). The recipes themselves (hyperparameters) are
+training's business: ``TrainConfig.for_dataset(info.recipe)`` in ``msdn_tune.train.config``;
+the data layer names them only, so it imports nothing above it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+
+import numpy as np
 
 from msdn_tune.errors import DataError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from msdn_tune.train.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ class DatasetInfo:
     ``path_strip``: the number of leading elements of ``path.split("/")`` to drop from a MATLAB
     ``image_files`` entry (the empty element before the leading ``/`` counts, as in
     ``"/".join(path.split("/")[n:])``) to get the path relative to the image root. ``None``
-    means no published rule (FLO): the extractor finds it from the first image.
+    means no published rule (FLO): the extractor finds it from the first image. ``recipe``: the
+    name of the published training recipe (``TrainConfig.for_dataset(recipe)``).
     """
 
     name: str
@@ -61,12 +62,6 @@ class DatasetInfo:
             "test_unseen": self.test_unseen,
             "word vector dim": self.word_dim,
         }
-
-    def training_defaults(self) -> TrainConfig:
-        """The published training recipe for this dataset (``TrainConfig.for_dataset``)."""
-        from msdn_tune.train.config import TrainConfig
-
-        return TrainConfig.for_dataset(self.recipe)
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -162,8 +157,6 @@ def observed_counts(
     Seen classes are those in ``trainval`` and unseen ones those in ``test_unseen`` (np.unique
     over the 0-based labels, as the official loader computes them).
     """
-    import numpy as np
-
     lab = np.asarray(labels)
     return {
         "images": int(n_images),

@@ -29,19 +29,20 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from msdn_tune.console import progress_bar
 from msdn_tune.data.store import SPLIT_NAMES, StoreWriter
 from msdn_tune.errors import DataError
 
 _COLORS = (
     "blue brown iridescent purple rufous grey yellow olive green pink orange black white red buff"
 ).split()
-_VALUES: dict[str, tuple[str, ...]] = {
+_VALUES: dict[str, Sequence[str]] = {
     "color": tuple(_COLORS),
     "pattern": ("solid", "spotted", "striped", "multi-colored"),
     "bill_shape": (
@@ -521,18 +522,13 @@ def generate(
         force=force,
     ) as writer:
         chunks = iter_feature_chunks(bench)
-        if progress and spec.n_images > 2 * chunk_rows(spec):
-            from rich.console import Console
-            from rich.progress import Progress
-
-            with Progress(console=Console(stderr=True), transient=True) as bar:
-                task = bar.add_task(f"synth {spec.name}", total=spec.n_images)
-                for chunk in chunks:
-                    writer.write(chunk.reshape(len(chunk), spec.channels, spec.grid, spec.grid))
-                    bar.advance(task, len(chunk))
-        else:
+        show = progress and spec.n_images > 2 * chunk_rows(spec)
+        with progress_bar(
+            f"synth {spec.name}", spec.n_images, unit="images", enabled=show, transient=True
+        ) as bar:
             for chunk in chunks:
                 writer.write(chunk.reshape(len(chunk), spec.channels, spec.grid, spec.grid))
+                bar.advance(len(chunk))
         return writer.finish(
             labels=bench.labels,
             splits=bench.splits,

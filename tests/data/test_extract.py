@@ -5,7 +5,6 @@ against the published preprocessing, through a real kill and resume, and into th
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,15 +21,14 @@ from msdn_tune.cli import main
 from msdn_tune.data.extract import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    FeatureDir,
-    ResNet101Trunk,
     extract_features,
-    load_trunk,
     preprocess,
     resolve_image_paths,
 )
-from msdn_tune.data.importers import import_mat
+from msdn_tune.data.ingest import import_mat
 from msdn_tune.data.registry import get_dataset
+from msdn_tune.data.resnet import ResNet101Trunk, load_trunk
+from msdn_tune.data.sources import FeatureDir
 from msdn_tune.data.store import BenchmarkStore
 from msdn_tune.errors import DataError
 from tests.helpers.formats import assert_clean_error, make_bench, make_mat, matlab_path
@@ -184,15 +182,17 @@ def test_resume_after_kill_and_incomplete_folders_are_refused(world, extracted, 
     out = tmp_path / "features"
     code = textwrap.dedent(
         f"""
-        from msdn_tune.data.extract import extract_features
-        extract_features({str(world["root"])!r}, {str(world["res101"])!r}, "CUB", {str(out)!r},
-                         weights={str(world["weights"])!r}, batch_size=4, device="cpu",
-                         image_size={SIZE}, dtype="float32", part_rows=4, progress=False)
+        import msdn_tune.data.extract as extract
+        from tests.data.interrupt import interrupt_after
+        interrupt_after(extract, "_write_part", 1)  # SIGKILL once the first part is on disk
+        extract.extract_features({str(world["root"])!r}, {str(world["res101"])!r}, "CUB",
+                                 {str(out)!r}, weights={str(world["weights"])!r}, batch_size=4,
+                                 device="cpu", image_size={SIZE}, dtype="float32", part_rows=4,
+                                 progress=False)
         """
     )
-    env = {**os.environ, "MSDN_TUNE_TEST_KILL_AFTER_CHUNKS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert sorted(p.name for p in out.glob("part-*.npy")) == ["part-000000.npy"]

@@ -20,20 +20,18 @@ import numpy as np
 import pytest
 import scipy.io
 
-from msdn_tune.data.importers import (
-    import_hdf5,
-    import_mat,
-    load_word_vectors,
-    validation_split,
-)
+from msdn_tune.data.ingest import import_hdf5, import_mat
 from msdn_tune.data.registry import (
     DATASETS,
     get_dataset,
     mismatches,
     strip_matlab_path,
 )
+from msdn_tune.data.sources import load_word_vectors
+from msdn_tune.data.splits import validation_split
 from msdn_tune.data.store import SPLIT_NAMES, BenchmarkStore
 from msdn_tune.errors import DataError
+from msdn_tune.train.config import TrainConfig
 from tests.helpers.formats import (
     assert_clean_error,
     features_for,
@@ -77,9 +75,10 @@ def test_registry_holds_the_published_counts():
     for d in DATASETS.values():
         assert d.n_seen + d.n_unseen == d.n_classes
         assert d.trainval + d.test_seen + d.test_unseen == d.n_images
-    # the published training recipes come from the trainer's config, not a copy
-    assert cub.training_defaults().seed == 214 and awa2.training_defaults().momentum == 0.0
-    assert sun.training_defaults().sampler == "balanced"
+    # the registry names each published training recipe; the trainer's config holds it
+    assert TrainConfig.for_dataset(cub.recipe).seed == 214
+    assert TrainConfig.for_dataset(awa2.recipe).momentum == 0.0
+    assert TrainConfig.for_dataset(sun.recipe).sampler == "balanced"
     with pytest.raises(DataError, match="CUB, SUN, AWA2, FLO"):
         get_dataset("imagenet")
 
@@ -579,13 +578,17 @@ _DRIVER = textwrap.dedent(
     import json, re, sys
     from pathlib import Path
     import torch  # converts dtypes inside the import: its fixed footprint is not what is bounded
-    from msdn_tune.data.importers import import_hdf5
+    from msdn_tune.data.ingest import import_hdf5
+    from msdn_tune.data.store import StoreWriter
+    from tests.data.interrupt import interrupt_after
 
     def status(key):
         text = Path("/proc/self/status").read_text()
         return int(re.search(key + r":\\s+(\\d+)", text).group(1)) * 1024
 
     args = json.loads(sys.argv[1])
+    if args.get("kill_after_chunks"):  # SIGKILL right after that many chunks reach the store
+        interrupt_after(StoreWriter, "write", args["kill_after_chunks"])
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     before = status("VmRSS")
     r = import_hdf5(args["src"], "CUB", args["out"], allow_mismatch=True, progress=False,
@@ -596,7 +599,7 @@ _DRIVER = textwrap.dedent(
 )
 
 
-def _driver(tmp_path, env=None, **args):
+def _driver(tmp_path, **args):
     return subprocess.run(
         [
             sys.executable,
@@ -607,7 +610,6 @@ def _driver(tmp_path, env=None, **args):
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
         timeout=120,
     )
 
@@ -642,7 +644,7 @@ def test_resume_after_kill_gives_the_same_store(tmp_path, bench):
     make_hdf5(src, bench)
     out = tmp_path / "cub"
     common = dict(src=src, out=out, chunk_rows=8, rows_per_batch=8)
-    proc = _driver(tmp_path, env={"MSDN_TUNE_TEST_KILL_AFTER_CHUNKS": "3"}, **common)
+    proc = _driver(tmp_path, kill_after_chunks=3, **common)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     # nothing that opens as a store; the partial import is kept
     assert not out.exists()
@@ -690,9 +692,10 @@ def test_ctrl_c_keeps_the_partial_import_for_resume(tmp_path, bench):
     out = tmp_path / "cub"
     code = textwrap.dedent(
         f"""
-        import os, signal
-        import msdn_tune.data.importers as imp
-        imp._maybe_kill = lambda n: os.kill(os.getpid(), signal.SIGINT) if n == 2 else None
+        import signal
+        from msdn_tune.data.store import StoreWriter
+        from tests.data.interrupt import interrupt_after
+        interrupt_after(StoreWriter, "write", 2, signal.SIGINT)  # Ctrl-C after the 2nd chunk
         from msdn_tune.cli import main
         main(["data", "import", "hdf5", {str(src)!r}, "--dataset", "CUB", "--out", {str(out)!r},
               "--allow-mismatch", "-q", "--chunk-rows", "8"])
