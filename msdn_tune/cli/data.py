@@ -18,7 +18,7 @@ import click
 from msdn_tune.errors import MsdnTuneError
 
 if TYPE_CHECKING:
-    from msdn_tune.data.importers import ImportResult
+    from msdn_tune.data.ingest import ImportResult
 
 _F = TypeVar("_F", bound=Callable[..., object])
 
@@ -66,7 +66,7 @@ def data_info(benchmark: str, as_json: bool, verify: bool) -> None:
         click.echo(f"{'verified:':<16}feature CRC-32 matches meta.json")
 
 
-# (data import / data extract: real benchmarks, msdn_tune.data.importers / .extract)
+# (data import / data extract: real benchmarks, msdn_tune.data.ingest / .extract)
 
 
 def _import_options(fn: _F) -> _F:
@@ -124,7 +124,7 @@ def data_import_hdf5(file: str, dataset: str, out: str, w2v: str | None, dtype: 
                      allow_mismatch: bool, force: bool, resume: bool, chunk_rows: int | None,
                      quiet: bool, att_splits: str | None) -> None:
     """Import a feature-map HDF5 file (feature_map_ResNet_101_<DS>.hdf5, 0-based indices)."""
-    from msdn_tune.data.importers import import_hdf5
+    from msdn_tune.data.ingest import import_hdf5
 
     try:
         result = import_hdf5(file, dataset, out, dtype=dtype, allow_mismatch=allow_mismatch,
@@ -148,7 +148,7 @@ def data_import_mat(dataset: str, out: str, w2v: str | None, dtype: str, allow_m
                     force: bool, resume: bool, chunk_rows: int | None, quiet: bool,
                     att_splits: str, res101: str, features: str) -> None:
     """Import the xlsa17 proposed split (.mat files) with extracted feature maps."""
-    from msdn_tune.data.importers import import_mat
+    from msdn_tune.data.ingest import import_mat
 
     try:
         result = import_mat(dataset, att_splits, res101, features, out, w2v=w2v, dtype=dtype,
@@ -227,7 +227,7 @@ def data_extract(images: str, res101: str, dataset: str, out: str, weights: str 
         click.echo(f"next: msdn-tune data import mat --dataset {dataset} --att-splits "
                    f"att_splits.mat --res101 {res101} --features {r.path} --out STORE")
         return
-    from msdn_tune.data.importers import import_mat
+    from msdn_tune.data.ingest import import_mat
 
     try:
         result = import_mat(dataset, store_splits, res101, r.path, store, w2v=w2v, dtype=dtype,

@@ -22,7 +22,7 @@ from msdn_tune.trials import TRIALS_FILE, TrialRow
 if TYPE_CHECKING:
     from msdn_tune.commands.study import StudyOutcome
     from msdn_tune.commands.train import TrainRun
-    from msdn_tune.data.importers import ImportResult
+    from msdn_tune.data.ingest import ImportResult
 
 _SHOWN = ("best/H", "best/U", "best/S", "best/zsl_acc", "eval/H_tuned", "test/H")
 

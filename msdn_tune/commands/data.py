@@ -2,7 +2,7 @@
 
 Each returns the store's summary (`BenchmarkStore.summary()`, a plain dict) for the command line
 to print, so opening and reading a store happens here and not in cli/. Importing a real benchmark
-and extracting features are the data layer's own functions (`msdn_tune.data.importers`,
+and extracting features are the data layer's own functions (`msdn_tune.data.ingest`,
 `msdn_tune.data.extract`), which the command line calls directly.
 """
 
