@@ -155,6 +155,8 @@ def test_no_citations_of_documents_outside_the_repository(repo_files):
 def test_citations_name_existing_documents_and_sections(repo_files):
     failures = []
     for rel, text in repo_files:
+        if rel == SELF:  # its own samples of broken citations
+            continue
         for n, line in enumerate(text.splitlines(), 1):
             failures += check_line(line, f"{rel}:{n}")
     assert not failures, "broken citations:\n" + "\n".join(failures)
