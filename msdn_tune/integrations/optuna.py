@@ -108,19 +108,19 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
     raise AssertionError(f"unhandled sampler type {s['type']!r}")  # parse() rejects others
 
 
-
 def optuna_distributions(space: SearchSpace) -> dict[str, Any]:
     """Optuna distributions of the searched parameters (for warm starts and plots)."""
     out: dict[str, Any] = {}
     for name, p in space.params.items():
+        # parse_space guarantees low/high for numeric parameters and choices for categorical
         if p.type == "float":
             out[name] = optuna.distributions.FloatDistribution(
-                p.low, p.high, log=bool(p.log), step=p.step)
+                float(p.low or 0.0), float(p.high or 0.0), log=bool(p.log), step=p.step)
         elif p.type == "int":
             out[name] = optuna.distributions.IntDistribution(
-                int(p.low), int(p.high), log=bool(p.log), step=int(p.step or 1))
+                int(p.low or 0), int(p.high or 0), log=bool(p.log), step=int(p.step or 1))
         else:
-            out[name] = optuna.distributions.CategoricalDistribution(list(p.choices))
+            out[name] = optuna.distributions.CategoricalDistribution(list(p.choices or ()))
     return out
 
 
@@ -159,7 +159,8 @@ def frozen_trials(space: SearchSpace, rows: list[TrialRow], *, include_pruned: b
 def optuna_study(space: SearchSpace, rows: list[TrialRow]) -> Any:
     """An in-memory Optuna study holding a finished study's trials (for plots and reports)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    directions = ["maximize" if o.mode == "max" else "minimize" for o in space.objectives]
+    directions = [optuna.study.StudyDirection.MAXIMIZE if o.mode == "max"
+                  else optuna.study.StudyDirection.MINIMIZE for o in space.objectives]
     study = optuna.create_study(directions=directions, study_name=space.name)
     study.add_trials(frozen_trials(space, rows))
     return study
@@ -191,9 +192,8 @@ def study_plots(study: optuna.Study, out_dir: Path, *, objective_names: list[str
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as vmpl
 
-    have_plotly = importlib.util.find_spec("plotly") is not None
-    vplotly = None
-    if have_plotly:
+    vplotly: Any = None
+    if importlib.util.find_spec("plotly") is not None:
         from optuna import visualization as vplotly
 
     jobs: list[tuple[str, str, dict[str, Any]]] = []  # (file stem, plot function name, kwargs)
