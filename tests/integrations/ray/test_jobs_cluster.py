@@ -24,15 +24,14 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from msdn_tune.errors import ClusterError
-from msdn_tune.integrations.ray.jobs import (
+from msdn_tune.integrations.ray.jobs import dashboard_url, plan_job, project_root
+from msdn_tune.integrations.ray.storage import (
+    DEFAULT_EXCLUDES,
     NodeInfo,
     StudyStorage,
     check_cluster_storage,
     check_upload_size,
-    dashboard_url,
     mount_fstype,
-    plan_job,
-    project_root,
     scan_working_dir,
 )
 from tests.helpers.raynodes import (
@@ -413,8 +412,6 @@ def _project(tmp_path: Path) -> Path:
 
 
 def test_upload_scan_follows_rays_rules(tmp_path):
-    from msdn_tune.integrations.ray.jobs import DEFAULT_EXCLUDES
-
     rep = scan_working_dir(_project(tmp_path), DEFAULT_EXCLUDES)
     names = {f for f, _ in rep.largest_files}
     # The package's own data/ subpackage stays: only the top-level data/ folder is left out.
@@ -429,8 +426,6 @@ def test_upload_scan_follows_rays_rules(tmp_path):
 
 
 def test_this_project_uploads_small():
-    from msdn_tune.integrations.ray.jobs import DEFAULT_EXCLUDES
-
     root = project_root(Path(__file__))
     rep = scan_working_dir(root, DEFAULT_EXCLUDES)
     names = {f for f, _ in rep.largest_files}
