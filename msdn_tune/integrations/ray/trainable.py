@@ -79,7 +79,8 @@ def run_trial(config: dict[str, Any], static: TrialStatic) -> None:
         if restored is not None:  # epochs checkpointed by a worker that died before sending them
             tracker.catch_up(trainer.history)
 
-    status, error, last = "failed", None, {}
+    status, error = "failed", None
+    last: dict[str, Any] = {}
     try:
         if trainer.epoch >= cfg.epochs:  # restored after the final report: report it again
             last = {**trainer.finish(), "epochs_total": float(cfg.epochs)}
