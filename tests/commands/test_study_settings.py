@@ -13,22 +13,11 @@ from msdn_tune.commands.study import run_study
 from msdn_tune.errors import MsdnTuneError
 from msdn_tune.space import parse_space
 from msdn_tune.trials import STUDY_FILE
-
-
-def _doc(tmp_path, **over):
-    doc = {
-        "version": 1, "name": "s", "data": "tiny",
-        "fixed": {"dataset": "synthetic", "epochs": 6},
-        "params": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
-        "objective": {"metric": "best/H", "mode": "max"},
-        "num_samples": 4, "storage_path": str(tmp_path / "results"),
-    }
-    doc.update(over)
-    return doc
+from tests.helpers.study import small_doc
 
 
 def test_resume_with_another_num_samples_is_refused(tmp_path):
-    space = parse_space(_doc(tmp_path))
+    space = parse_space(small_doc(tmp_path))
     exp = tmp_path / "results" / "s"
     exp.mkdir(parents=True)
     (exp / STUDY_FILE).write_text(json.dumps({"space": {**space.to_dict(), "num_samples": 2}}))
@@ -39,12 +28,12 @@ def test_resume_with_another_num_samples_is_refused(tmp_path):
 def test_resume_with_changed_trial_settings_is_refused_naming_each_change(tmp_path):
     """Ray's restore would ignore a new concurrency and rebuild trials with new fixed settings:
     both are refused, every changed key named, nothing written."""
-    first = parse_space(_doc(tmp_path))
+    first = parse_space(small_doc(tmp_path))
     exp = tmp_path / "results" / "s"
     exp.mkdir(parents=True)
     stored = json.dumps({"space": first.to_dict()})
     (exp / STUDY_FILE).write_text(stored)
-    changed = parse_space(_doc(
+    changed = parse_space(small_doc(
         tmp_path, fixed={"dataset": "synthetic", "epochs": 6, "margin": 0.5},
         max_concurrent_trials=3,
         params={"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}))
@@ -108,7 +97,7 @@ def test_importing_the_study_driver_leaves_the_environment_alone_until_a_study_s
     for key, _ in _startup.RAY_ENV_DEFAULTS:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("RAY_CHDIR_TO_TRIAL_DIR", "1")
-    space = parse_space(_doc(tmp_path))
+    space = parse_space(small_doc(tmp_path))
     exp = tmp_path / "results" / "s"
     exp.mkdir(parents=True)
     (exp / STUDY_FILE).write_text(json.dumps({"space": {**space.to_dict(), "num_samples": 2}}))

@@ -7,28 +7,17 @@ import os
 
 from msdn_tune.integrations.ray.tuner import asha_scheduler, tune_loggers
 from msdn_tune.space import parse_space
-
-
-def _doc(tmp_path, **over):
-    doc = {
-        "version": 1, "name": "s", "data": "tiny",
-        "fixed": {"dataset": "synthetic", "epochs": 6},
-        "params": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
-        "objective": {"metric": "best/H", "mode": "max"},
-        "num_samples": 4, "storage_path": str(tmp_path / "results"),
-    }
-    doc.update(over)
-    return doc
+from tests.helpers.study import small_doc
 
 
 def test_asha_uses_the_spaces_metric_mode_and_brackets(tmp_path):
-    space = parse_space(_doc(tmp_path, scheduler={
+    space = parse_space(small_doc(tmp_path, scheduler={
         "type": "asha", "grace_period": 2, "reduction_factor": 3, "brackets": 2,
         "metric": "val/zsl_acc", "mode": "max"}))
     sched = asha_scheduler(space)
     assert (sched.metric, sched._mode) == ("val/zsl_acc", "max")
     assert len(sched._brackets) == 2 and sched._max_t == 6
-    assert asha_scheduler(parse_space(_doc(tmp_path, scheduler={"type": "none"}))) is None
+    assert asha_scheduler(parse_space(small_doc(tmp_path, scheduler={"type": "none"}))) is None
 
 
 def test_tune_loggers_are_left_to_tune_only_when_asked_and_the_environment_restored(monkeypatch):
