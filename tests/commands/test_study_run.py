@@ -273,7 +273,7 @@ def _earlier_study_in_mlflow_only(uri: str, name: str, outcomes: list[str]) -> N
     parent = study.start(name, resolved_config={}, search_settings={})
     for i, outcome in enumerate(outcomes):
         cfg = TrainConfig.from_dict({"dataset": "synthetic", "epochs": 4, "device": "cpu",
-                                     "lr": 1e-3, "lambda_d": 10.0 ** -(i + 1),
+                                     "lr": 1e-3, "lambda_d": 1e-2 / (i + 1),
                                      "intervention": "random", "lambda_causal": 0.5})
         trial = TrialTracker(uri, study.experiment_id, parent, trial_id=f"t{i}",
                              trial_name=f"trial_{i}", study=name, params=cfg.to_dict())
