@@ -23,10 +23,14 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 import ray
 
-# private Ray APIs, checked against ray 2.60.0: the walker and exclude rules `ray job submit`
-# zips a working_dir with, so the size check counts exactly what Ray would upload
+# private Ray APIs, checked against ray 2.60.0: the upload limit, the walker and the exclude
+# rules `ray job submit` zips a working_dir with, so the size check counts what Ray would upload
 from ray._private import ray_constants
-from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
+from ray._private.runtime_env.packaging import (
+    GCS_STORAGE_MAX_SIZE,
+    _dir_travel,
+    _get_excludes,
+)
 
 from msdn_tune.console import human_bytes
 from msdn_tune.errors import ClusterError
@@ -279,11 +283,8 @@ class StudyStorage:
 # --- working directory (docs/search.md C2) -------------------------------------------------------
 
 MIB = 1024 * 1024
-try:  # the limit Ray enforces on the zipped working_dir (512 MiB unless overridden)
-    # private Ray API, checked against ray 2.60.0
-    from ray._private.runtime_env.packaging import GCS_STORAGE_MAX_SIZE as UPLOAD_LIMIT
-except ImportError:  # pragma: no cover - a future Ray moved it
-    UPLOAD_LIMIT = 512 * MIB
+# The limit Ray enforces on the zipped working_dir (512 MiB unless overridden).
+UPLOAD_LIMIT: int = GCS_STORAGE_MAX_SIZE
 
 # gitignore-style patterns (relative to the working dir; a leading / anchors at its top) for
 # what never belongs in a job upload: environments, data, results, tracking stores, caches,
