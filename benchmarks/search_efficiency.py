@@ -237,7 +237,7 @@ def summarise(seeds: list[int], runs: list[dict[str, list[float]]]) -> None:
 
 
 def main() -> None:
-    from msdn_tune.commands.study import asha_scheduler
+    from msdn_tune.integrations.ray.tuner import asha_scheduler
     from msdn_tune.space import load_space
 
     demo = load_space(DEMO)

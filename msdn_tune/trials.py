@@ -1,8 +1,10 @@
-"""Study results: the trials table (parquet), the best trial, the Pareto front.
+"""Study results without Ray: trial rows and outcomes, the trials table (parquet), the best trial
+or Pareto front, and the study's own metadata file.
 
-Read from the study folder itself (Ray's experiment state, via `ExperimentAnalysis`), so they
-work after the fact, for interrupted studies and without a running Ray. Column names equal the
-Tune config keys (parameters) and the reported metric names, which are also the MLflow names.
+The rows come from the study folder's Tune experiment (msdn_tune.integrations.ray.experiment's
+`load_trials`) or from an MLflow experiment (warm starts); everything here works on the rows
+alone, so it sits below the adapters. Column names equal the Tune config keys (parameters) and
+the reported metric names, which are also the MLflow names.
 """
 
 from __future__ import annotations
@@ -11,15 +13,13 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from msdn_tune.errors import MsdnTuneError
-
-if TYPE_CHECKING:
-    from msdn_tune.space import SearchSpace
+from msdn_tune.space import SearchSpace, parse_space
 
 STUDY_FILE = "msdn_study.json"
 TRIALS_FILE = "trials.parquet"
@@ -88,8 +88,6 @@ def read_study_meta(path: Path) -> dict[str, Any]:
 def study_space(study: str | Path, storage_path: str | Path | None = None
                 ) -> tuple[Path, SearchSpace]:
     """A study's folder and the search space it ran with (from its msdn-tune metadata)."""
-    from msdn_tune.space import parse_space
-
     path = study_dir(study, storage_path)
     meta = read_study_meta(path)
     if "space" not in meta:
@@ -97,47 +95,12 @@ def study_space(study: str | Path, storage_path: str | Path | None = None
     return path, parse_space(meta["space"], source=str(path))
 
 
-def load_trials(path: Path) -> list[TrialRow]:
-    """All trials of the study folder with their derived status."""
-    from ray.tune import ExperimentAnalysis
-
-    if not list(path.glob("experiment_state-*.json")):
-        return []
-    analysis = ExperimentAnalysis(str(Path(path).resolve()))  # Ray needs an absolute path
-    rows = []
-    for t in analysis.trials:
-        last = dict(t.last_result or {})
-        status_map = {"ERROR": "failed", "RUNNING": "running", "PENDING": "pending",
-                      "PAUSED": "running"}
-        if t.status == "TERMINATED":
-            status = trial_outcome(last)
-        else:
-            status = status_map.get(t.status, t.status.lower())
-        error = last.get("trial/error")
-        if t.status == "ERROR":
-            error = _error_text(t) or "trial raised an error"
-        metrics = {k: float(v) for k, v in last.items()
-                   if k.startswith(_METRIC_PREFIXES) and isinstance(v, int | float)
-                   and not isinstance(v, bool)}
-        ckpt = t.checkpoint.path if t.checkpoint is not None else None
-        rows.append(TrialRow(
-            trial_id=t.trial_id, status=status,
-            params={k: v for k, v in (t.config or {}).items()},
-            metrics=metrics, epochs_run=int(last.get("epoch", 0)),
-            epochs_total=int(last.get("epochs_total", 0) or 0), error=error, checkpoint=ckpt,
-            mlflow_run_id=last.get("trial/mlflow_run_id")))
-    return rows
-
-
-def _error_text(trial: Any) -> str | None:
-    try:
-        f = trial.error_file
-        if f and Path(f).exists():
-            lines = [ln for ln in Path(f).read_text().strip().splitlines() if ln.strip()]
-            return lines[-1][:500] if lines else None
-    except Exception:  # noqa: BLE001 - a missing error file only loses the message
-        return None
-    return None
+def result_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The metrics a trials row keeps from a reported result: numeric values under our metric
+    prefixes (train/, val/, best/, test/, eval/, time/), not ids, flags or counters."""
+    return {k: float(v) for k, v in result.items()
+            if k.startswith(_METRIC_PREFIXES) and isinstance(v, int | float)
+            and not isinstance(v, bool)}
 
 
 def trials_table(rows: list[TrialRow]) -> pa.Table:

@@ -1,53 +1,58 @@
-"""Build and run a study: Optuna (define-by-run) + ASHA under Ray Tune, tracked in MLflow.
+"""The study use case: run (or resume) a study to its end, then conclude it.
 
 `run_study` is what `msdn-tune run` does. It is idempotent around one study folder
 (`<storage_path>/<name>`): a fresh run refuses to overwrite an existing study, `resume=True`
-restores it with Ray's `Tuner.restore` (searcher state included, docs/search.md B1) and continues to
-exactly `num_samples` trials. Ray returns normally after Ctrl-C, so completeness is checked here
-and an incomplete study is never reported as finished.
+refuses changed settings, repairs what a killed driver left, restores the study (searcher state
+included, docs/search.md B1) and continues to exactly `num_samples` trials. Ray returns normally
+after Ctrl-C, so completeness is checked here and an incomplete study is never reported as
+finished. The end of a study writes the trials table, logs plots and the champion model, and
+closes the MLflow parent run.
+
+How a study runs on Ray is msdn_tune.integrations.ray.tuner; tracking is
+msdn_tune.integrations.mlflow; the start-up and wind-down speed-ups are msdn_tune._startup.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import shlex
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from msdn_tune import _startup
+from msdn_tune.data.resolve import open_benchmark, parse_preset, resolve_benchmark
 from msdn_tune.errors import MsdnTuneError
+from msdn_tune.integrations.ray.experiment import load_trials, repair_lost_checkpoints
+from msdn_tune.integrations.ray.storage import StudyStorage, check_cluster_storage
+from msdn_tune.integrations.ray.trainable import STATE_FILE, TrialStatic
+from msdn_tune.integrations.ray.tuner import (
+    build_tuner,
+    can_restore,
+    fit,
+    init_ray,
+    ray_running,
+    shutdown_ray,
+)
 from msdn_tune.space import SearchSpace
+from msdn_tune.train.config import TrainConfig
 from msdn_tune.trials import (
     STUDY_FILE,
     TRIALS_FILE,
     TrialRow,
     best_trials,
-    load_trials,
     read_study_meta,
     study_dir,
     write_parquet,
 )
 
 log = logging.getLogger(__name__)
-
-# Ray-wide defaults for local use: no token auth on a private local instance, quiet migration
-# notes, trials keep the driver's working directory (we pass absolute paths anyway).
-# Ray's own console reporter is replaced by ours (msdn_tune.integrations.ray.progress).
-# Checkpoints are reported every epoch, so short demo epochs make Tune warn about frequent
-# state snapshots; the cost is measured by benchmarks/orchestration.py instead.
-for _k, _v in (("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0"), ("RAY_CHDIR_TO_TRIAL_DIR", "0"),
-               ("RAY_AIR_NEW_OUTPUT", "0"),
-               ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")):
-    os.environ.setdefault(_k, _v)
 
 
 @dataclass
@@ -62,102 +67,6 @@ class StudyOutcome:
     tracking_uri: str | None = None
     champion: dict[str, Any] | None = None
     plots: list[Path] = field(default_factory=list)
-
-
-def init_ray(address: str | None) -> bool:
-    """Connect to (or start) Ray; returns True when this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address in (None, "", "local"):
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        # Ray prestarts a default worker per CPU for the first driver. Tune's trial actors carry
-        # a runtime env (env vars), so none of them can use those workers: they would import Ray
-        # on the cores Ray's own start-up needs, and be killed unused a few seconds later.
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                 configure_logging=True, _system_config={"prestart_worker_first_driver": False})
-    else:
-        try:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-        except ConnectionError as exc:
-            from msdn_tune.integrations.ray.jobs import AUTH_HINT
-
-            hint = ("" if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else
-                    f"; if the cluster uses token authentication (Ray's default), {AUTH_HINT}")
-            raise MsdnTuneError(f"--address {address}: cannot connect to a Ray cluster "
-                                f"({exc}){hint}") from None
-    return True
-
-
-def asha_scheduler(space: SearchSpace) -> Any:
-    """The space's ASHA scheduler (None for `scheduler: {type: none}`), on our `epoch` clock.
-
-    The space has already resolved and validated every option (watched metric and mode, grace
-    period, max_t, reduction factor, brackets); they are used as they are.
-    """
-    from ray.tune.schedulers import ASHAScheduler
-
-    sch = space.scheduler
-    if sch["type"] != "asha":
-        return None
-    return ASHAScheduler(
-        time_attr="epoch", metric=sch["metric"], mode=sch["mode"], max_t=int(sch["max_t"]),
-        grace_period=int(sch["grace_period"]), reduction_factor=float(sch["reduction_factor"]),
-        brackets=int(sch["brackets"]))
-
-
-def build_tuner(space: SearchSpace, static: Any, *, exp_dir: Path, resume: bool,
-                warm_rows: list[TrialRow] | None, console: Console,
-                ray_storage: str | None = None, wind_down: Any = None) -> Any:
-    """The Tuner for a new study, or the restored one for `resume`.
-
-    `ray_storage` is Ray's storage_path when it is not `exp_dir.parent` (a cloud URI).
-    `wind_down` (a module-level function) runs in a thread once the last trial has started.
-    """
-    from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-
-    from msdn_tune.integrations.optuna import define_by_run, frozen_trials, make_sampler
-    from msdn_tune.integrations.ray.progress import StudyProgress, WindDown
-    from msdn_tune.integrations.ray.searcher import MsdnOptunaSearch
-    from msdn_tune.integrations.ray.trainable import make_trainable
-
-    resources = {k: v for k, v in space.resources.items() if v}
-    trainable = tune.with_resources(make_trainable(static), resources or {"cpu": 1})
-    if resume:
-        where = f"{ray_storage}/{space.name}" if ray_storage else str(exp_dir)
-        return tune.Tuner.restore(where, trainable=trainable, resume_unfinished=True,
-                                  resume_errored=False)
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress bar reports trials
-    metrics = [o.metric for o in space.objectives]
-    modes = [o.mode for o in space.objectives]
-    searcher = MsdnOptunaSearch(
-        space=define_by_run(space), metric=metrics if len(metrics) > 1 else metrics[0],
-        mode=modes if len(modes) > 1 else modes[0], sampler=make_sampler(space))
-    if warm_rows:
-        trials = frozen_trials(space, warm_rows)
-        searcher._ot_study.add_trials(trials)
-        console.print(f"warm start: {len(trials)} completed trials given to the sampler")
-    sched = asha_scheduler(space)
-    return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=sched, num_samples=space.num_samples,
-            max_concurrent_trials=space.max_concurrent_trials, reuse_actors=True),
-        run_config=tune.RunConfig(
-            name=space.name, storage_path=ray_storage or str(exp_dir.parent),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
-            failure_config=tune.FailureConfig(max_failures=2),
-            # Tune's CSV and JSON loggers by name, so that `fit` can leave out its default
-            # TensorBoard logger (see `_tune_loggers`).
-            callbacks=[StudyProgress(space.num_samples, metrics[0], modes[0]),
-                       CSVLoggerCallback(), JsonLoggerCallback()]
-            + ([WindDown(space.num_samples, wind_down)] if wind_down else []),
-            verbose=0),
-    )
 
 
 #: What a resumed study keeps from its first run. Ray's `Tuner.restore` reuses the pickled
@@ -226,30 +135,23 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
     `storage_shared` declares a local storage path shared by all nodes (NFS msdn-tune cannot
     recognise); on a multi-node cluster node-local storage is refused before any trial starts.
     """
-    from msdn_tune.data.resolve import parse_preset, resolve_benchmark
-    from msdn_tune.integrations.ray.jobs import StudyStorage, check_cluster_storage
-    from msdn_tune.integrations.ray.trainable import TrialStatic
-
+    _startup.study_environment()
     console = console or Console()
     store = StudyStorage.from_spec(space.storage_path)  # a path, or a URI mirrored locally
     store.pull(space.name)
     storage = store.local_root
     exp_dir = storage / space.name
     meta = read_study_meta(exp_dir) if exp_dir.exists() else {}
-    if resume or resume_if_exists:
-        from ray import tune
     if resume_if_exists:
-        resume = tune.Tuner.can_restore(store.ray_path(space.name))
+        resume = can_restore(store.ray_path(space.name))
         console.print(f"study {space.name}: " + ("resuming the existing study" if resume else
                                                  "no restorable study yet, starting it"))
     if resume:
         _check_resumable(space, meta)
-        if not tune.Tuner.can_restore(store.ray_path(space.name)):
+        if not can_restore(store.ray_path(space.name)):
             raise MsdnTuneError(f"--resume: no study to resume at {store.ray_path(space.name)} "
                                 "(run it once without --resume)")
         if store.uri is None:  # Ray restores from this local folder itself
-            from msdn_tune.integrations.ray.experiment import repair_lost_checkpoints
-
             for line in repair_lost_checkpoints(exp_dir):
                 console.print(line, markup=False, soft_wrap=True)
     elif not resume_if_exists and exp_dir.exists() and (
@@ -258,6 +160,8 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
                             "--resume, or choose another --name")
     def setup_tracking() -> tuple[str, Any, str, str]:
         """The study's parent run (checked store, reopened on resume, stale children closed)."""
+        # MLflow takes seconds to import: kept off the start-up path of `msdn-tune run`, where
+        # this runs in a thread while Ray starts
         from msdn_tune.integrations.mlflow import (
             StudyTracker,
             check_tracking,
@@ -282,15 +186,14 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
 
     # Ray takes seconds to start, mostly waiting for its own processes. Meanwhile one thread
     # imports what building the Tuner needs and, for a Ray we start here (one local node, whose
-    # storage check cannot refuse), sets up the MLflow parent run. One thread, not two: threads
-    # importing the same packages at once can trip Python's import-deadlock check.
-    early = tracking and address in (None, "", "local") and not _ray_running()
+    # storage check cannot refuse), sets up the MLflow parent run (msdn_tune._startup, trick 1).
+    early = tracking and address in (None, "", "local") and not ray_running()
 
     def prepare() -> tuple[str, Any, str, str] | None:
-        _warm_study_imports()
+        _startup.warm_study_imports()
         return setup_tracking() if early else None
 
-    pending = _background(prepare)
+    pending = _startup.in_background(prepare)
     started = init_ray(address)
     try:
         prepared = pending.result()
@@ -302,7 +205,7 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
         uri = parent = exp_id = None
         tracker = None
         if tracking:
-            uri, tracker, parent, exp_id = prepared if early else setup_tracking()
+            uri, tracker, parent, exp_id = prepared or setup_tracking()  # prepared when early
         warm_rows = _warm_start_rows(warm_start, storage, uri) if warm_start else None
         _save_meta(exp_dir, {
             **meta, "name": space.name, "space_file": str(space_file) if space_file else None,
@@ -318,24 +221,19 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
                              tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent)
         tuner = build_tuner(space, static, exp_dir=exp_dir, resume=resume, warm_rows=warm_rows,
                             console=console, ray_storage=store.ray_storage(),
-                            wind_down=_warm_wrapup_imports if tracker is not None else None)
+                            wind_down=_startup.warm_wrapup_imports if tracker is not None
+                            else None)
         console.print(f"study {space.name}: {space.num_samples} trials, "
                       f"{space.max_concurrent_trials} at a time → {exp_dir}")
-        with _tune_loggers(default=resume):
-            grid = tuner.fit()
-        finished = grid.num_terminated + grid.num_errors
+        finished = fit(tuner, resumed=resume)
     except BaseException:
         if started:
-            import ray
-
-            ray.shutdown()
+            shutdown_ray()
         raise
     shutdown = None
     if started:
-        import ray
-
         # Ray takes over a second to stop; nothing below needs it, so it stops alongside.
-        shutdown = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+        shutdown = threading.Thread(target=shutdown_ray, name="ray-shutdown")
         shutdown.start()
     try:
         return _conclude(space, store, exp_dir, finished, parent, uri, tracker, force_promote,
@@ -343,55 +241,6 @@ def run_study(space: SearchSpace, *, space_file: Path | None = None, address: st
     finally:
         if shutdown is not None:
             shutdown.join()
-
-
-@contextlib.contextmanager
-def _tune_loggers(*, default: bool) -> Iterator[None]:
-    """Let Tune add its default loggers (CSV, JSON, TensorBoard) only when `default` is set.
-
-    The TensorBoard logger imports torch into the driver through tensorboardX, two seconds
-    before the first trial can start, and writes an events file per trial that nothing reads:
-    trials are tracked in MLflow. A new study names its CSV and JSON loggers itself
-    (`build_tuner`); a resumed one keeps the callbacks it was started with, which for a study
-    started by an older msdn-tune are none, so it keeps Tune's defaults.
-    """
-    key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
-    before = os.environ.get(key)
-    if not default:
-        os.environ[key] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
-
-
-def _ray_running() -> bool:
-    import ray
-
-    return ray.is_initialized()
-
-
-def _background(fn: Any) -> Any:
-    """Run `fn` in a thread; `.result()` returns its value or raises its exception."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="msdn-setup")
-    future = pool.submit(fn)
-    pool.shutdown(wait=False)
-    return future
-
-
-def _warm_study_imports() -> None:
-    """Import Ray Tune, Optuna and our searcher, callback and trainable (about 2 s)."""
-    try:
-        import msdn_tune.integrations.ray.progress  # noqa: F401
-        import msdn_tune.integrations.ray.searcher  # noqa: F401
-        import msdn_tune.integrations.ray.trainable  # noqa: F401
-    except Exception:  # noqa: BLE001 - the import that needs it raises it again, where it belongs
-        pass
 
 
 def _warm_start_rows(warm_start: str, storage: Path, uri: str | None) -> list[TrialRow]:
@@ -402,45 +251,10 @@ def _warm_start_rows(warm_start: str, storage: Path, uri: str | None) -> list[Tr
     except MsdnTuneError:
         if uri is None:
             raise
+    # MLflow takes seconds to import: kept off the start-up path of `msdn-tune run`
     from msdn_tune.integrations.mlflow import trial_rows_from_experiment
 
     return trial_rows_from_experiment(uri, warm_start)
-
-
-_WRAPUP_IMPORTS = threading.Lock()
-
-
-def _warm_wrapup_imports() -> None:
-    """Import what the end of a study needs: torch, mlflow.pytorch, matplotlib and Optuna's
-    plots, whose importance plot brings scikit-learn (together about 5 s). Also build the map of
-    installed packages that `log_model` checks the model's requirements against (0.6 s; MLflow
-    caches it for the process).
-
-    Runs in the `WindDown` thread during the last trial, and again in the main thread before the
-    wrap-up: the lock makes that wait for the thread instead of importing the same packages
-    beside it, which can trip Python's import-deadlock check. The second run finds all imported.
-    """
-    with _WRAPUP_IMPORTS:
-        _import_wrapup_modules()
-
-
-def _import_wrapup_modules() -> None:
-    try:
-        if "matplotlib.pyplot" not in sys.modules:  # as study_plots: keep a session's backend
-            import matplotlib
-
-            matplotlib.use("Agg")
-        import matplotlib.pyplot  # noqa: F401
-        import mlflow.pytorch  # noqa: F401
-        import optuna.importance  # noqa: F401
-        import optuna.visualization.matplotlib  # noqa: F401
-        from mlflow.utils.requirements_utils import _init_packages_to_modules_map
-
-        import msdn_tune.train.trainer  # noqa: F401
-
-        _init_packages_to_modules_map()
-    except Exception:  # noqa: BLE001 - a failed warm-up only costs the time it was to save
-        pass
 
 
 def _conclude(space: SearchSpace, store: Any, exp_dir: Path, finished: int,
@@ -457,7 +271,7 @@ def _conclude(space: SearchSpace, store: Any, exp_dir: Path, finished: int,
     outcome = StudyOutcome(path=exp_dir, complete=complete, rows=rows, best=best,
                            parent_run_id=parent, tracking_uri=uri)
     if tracker is not None:
-        _warm_wrapup_imports()  # done already, or being done by the WindDown thread
+        _startup.warm_wrapup_imports()  # done already, or being done by the WindDown thread
         _finish_tracking(tracker, space, outcome, force_promote, console)
     meta = read_study_meta(exp_dir)
     meta.update({"complete": complete, "wall_s": meta.get("wall_s", 0.0) + time.time() - t0})
@@ -474,6 +288,7 @@ def _finish_tracking(tracker: Any, space: SearchSpace, outcome: StudyOutcome,
     The study's results are on disk by now, so a tracking failure here is one warning line, not
     a failed study: a server that went away mid-study is probed once instead of retried per call.
     """
+    # Optuna takes seconds to import: kept off the start-up path of `msdn-tune run`
     from msdn_tune.integrations.optuna import optuna_study, study_plots
 
     exp_dir = outcome.path
@@ -523,10 +338,8 @@ def _finish_tracking(tracker: Any, space: SearchSpace, outcome: StudyOutcome,
 def promote_best(uri: str, space: SearchSpace, best: TrialRow, data_path: str, *,
                  force_promote: bool = False) -> dict[str, Any] | None:
     """Log the best completed trial's model and make it champion if it beats the current one."""
-    from msdn_tune.data.resolve import open_benchmark
+    # MLflow and torch take seconds to import: kept off the start-up path of `msdn-tune run`
     from msdn_tune.integrations.mlflow import log_champion
-    from msdn_tune.integrations.ray.trainable import STATE_FILE
-    from msdn_tune.train.config import TrainConfig
     from msdn_tune.train.trainer import build_model, load_checkpoint
 
     if not best.checkpoint or not best.mlflow_run_id:
@@ -537,7 +350,8 @@ def promote_best(uri: str, space: SearchSpace, best: TrialRow, data_path: str, *
     model = build_model(cfg, bench)
     model.load_state_dict(state["best_state"] if state.get("best_state") else state["model"])
     model.eval()
-    model.msdn_tune_config = cfg.to_dict()
+    # the settings travel with the logged model (read back by `msdn-tune evaluate`)
+    model.__dict__["msdn_tune_config"] = cfg.to_dict()
     metric, mode = space.objectives[0].metric, space.objectives[0].mode
     return log_champion(
         uri, model=model, dataset=cfg.dataset, study=space.name, trial_id=best.trial_id,

@@ -409,7 +409,8 @@ class EvalLogits:
         """Write an ``.npz`` atomically (temp file + rename): a crash never leaves half a file."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = {k: _to_numpy(getattr(self, k)) for k in self._ARRAYS}
+        # Any: numpy's stub would match these keyword arrays against savez's allow_pickle
+        data: dict[str, Any] = {k: _to_numpy(getattr(self, k)) for k in self._ARRAYS}
         data["margin"] = np.asarray(float(self.margin))
         if self.candidates is not None:
             data["candidates"] = _to_numpy(self.candidates)

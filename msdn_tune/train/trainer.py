@@ -155,8 +155,8 @@ class Trainer:
             lambda_sc=cfg.lambda_sc, lambda_d=cfg.lambda_d, lambda_causal=cfg.lambda_causal,
             lambda_ar=cfg.lambda_ar, distill_effect=cfg.distill_effect)
         c = bench.n_classes
-        self._m_train = margin_vector(c, self.select_split.train_unseen, cfg.margin,
-                                      device=self.device)
+        self._m_train = margin_vector(c, torch.as_tensor(self.select_split.train_unseen),
+                                      cfg.margin, device=self.device)
         self._unseen_mask = torch.zeros(c, dtype=torch.bool, device=self.device)
         self._unseen_mask[torch.as_tensor(self.select_split.train_unseen, dtype=torch.long)] = True
         self._att_normed = torch.nn.functional.normalize(

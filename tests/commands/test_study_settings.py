@@ -1,42 +1,23 @@
-"""Study set-up without a Ray instance: the ASHA scheduler follows the space, and a resume whose
-settings differ from the study's own is refused before anything starts."""
+"""Study set-up without a Ray instance: a resume whose settings differ from the study's own is
+refused before anything starts, and importing the use case neither pulls in the heavy libraries
+nor changes the environment."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
-from msdn_tune.commands.study import asha_scheduler, run_study
+from msdn_tune.commands.study import run_study
 from msdn_tune.errors import MsdnTuneError
 from msdn_tune.space import parse_space
 from msdn_tune.trials import STUDY_FILE
-
-
-def _doc(tmp_path, **over):
-    doc = {
-        "version": 1, "name": "s", "data": "tiny",
-        "fixed": {"dataset": "synthetic", "epochs": 6},
-        "params": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
-        "objective": {"metric": "best/H", "mode": "max"},
-        "num_samples": 4, "storage_path": str(tmp_path / "results"),
-    }
-    doc.update(over)
-    return doc
-
-
-def test_asha_uses_the_spaces_metric_mode_and_brackets(tmp_path):
-    space = parse_space(_doc(tmp_path, scheduler={
-        "type": "asha", "grace_period": 2, "reduction_factor": 3, "brackets": 2,
-        "metric": "val/zsl_acc", "mode": "max"}))
-    sched = asha_scheduler(space)
-    assert (sched.metric, sched._mode) == ("val/zsl_acc", "max")
-    assert len(sched._brackets) == 2 and sched._max_t == 6
-    assert asha_scheduler(parse_space(_doc(tmp_path, scheduler={"type": "none"}))) is None
+from tests.helpers.study import small_doc
 
 
 def test_resume_with_another_num_samples_is_refused(tmp_path):
-    space = parse_space(_doc(tmp_path))
+    space = parse_space(small_doc(tmp_path))
     exp = tmp_path / "results" / "s"
     exp.mkdir(parents=True)
     (exp / STUDY_FILE).write_text(json.dumps({"space": {**space.to_dict(), "num_samples": 2}}))
@@ -47,12 +28,12 @@ def test_resume_with_another_num_samples_is_refused(tmp_path):
 def test_resume_with_changed_trial_settings_is_refused_naming_each_change(tmp_path):
     """Ray's restore would ignore a new concurrency and rebuild trials with new fixed settings:
     both are refused, every changed key named, nothing written."""
-    first = parse_space(_doc(tmp_path))
+    first = parse_space(small_doc(tmp_path))
     exp = tmp_path / "results" / "s"
     exp.mkdir(parents=True)
     stored = json.dumps({"space": first.to_dict()})
     (exp / STUDY_FILE).write_text(stored)
-    changed = parse_space(_doc(
+    changed = parse_space(small_doc(
         tmp_path, fixed={"dataset": "synthetic", "epochs": 6, "margin": 0.5},
         max_concurrent_trials=3,
         params={"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}))
@@ -97,19 +78,31 @@ def test_importing_the_study_driver_leaves_ray_tune_and_torch_for_later():
     assert out.stdout.strip() == "[]", out.stdout
 
 
-def test_tune_loggers_are_left_to_tune_only_when_asked_and_the_environment_restored(monkeypatch):
-    import os
+def test_importing_the_study_driver_leaves_the_environment_alone_until_a_study_starts(
+        tmp_path, monkeypatch):
+    """Ray's defaults for a study (msdn_tune._startup.RAY_ENV_DEFAULTS) are set by run_study, not
+    by importing it; what the environment already says wins."""
+    import subprocess
+    import sys
 
-    from msdn_tune.commands.study import _tune_loggers
+    from msdn_tune import _startup
 
-    key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
-    monkeypatch.delenv(key, raising=False)
-    with _tune_loggers(default=False):
-        assert os.environ[key] == "1"
-    assert key not in os.environ
-    with _tune_loggers(default=True):
-        assert key not in os.environ
-    monkeypatch.setenv(key, "0")
-    with _tune_loggers(default=False):
-        assert os.environ[key] == "1"
-    assert os.environ[key] == "0"
+    code = ("import os, ray; before = dict(os.environ); import msdn_tune.commands.study; "
+            "print(sorted(set(os.environ.items()) ^ set(before.items())))")
+    env = {k: v for k, v in os.environ.items() if k not in dict(_startup.RAY_ENV_DEFAULTS)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env)
+    assert out.stdout.strip() == "[]", out.stdout
+
+    for key, _ in _startup.RAY_ENV_DEFAULTS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RAY_CHDIR_TO_TRIAL_DIR", "1")
+    space = parse_space(small_doc(tmp_path))
+    exp = tmp_path / "results" / "s"
+    exp.mkdir(parents=True)
+    (exp / STUDY_FILE).write_text(json.dumps({"space": {**space.to_dict(), "num_samples": 2}}))
+    with pytest.raises(MsdnTuneError):  # refused before Ray starts: only the defaults are set
+        run_study(space, resume=True, tracking=False)
+    assert os.environ["RAY_CHDIR_TO_TRIAL_DIR"] == "1"
+    assert all(os.environ[k] == v for k, v in _startup.RAY_ENV_DEFAULTS
+               if k != "RAY_CHDIR_TO_TRIAL_DIR")

@@ -1,5 +1,5 @@
-"""A small real study file and the `msdn-tune` CLI run as a subprocess, shared by the
-end-to-end study tests."""
+"""Study documents (a small real study file, a minimal one) and the `msdn-tune` CLI run as a
+subprocess, shared by the study tests."""
 
 from __future__ import annotations
 
@@ -38,6 +38,20 @@ def _space(tmp: Path, name: str, **over) -> Path:
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
+
+
+def small_doc(tmp: Path, **over) -> dict:
+    """A minimal one-parameter study document (4 trials of 6 epochs on the tiny preset), for
+    tests that build a space without running it."""
+    doc = {
+        "version": 1, "name": "s", "data": "tiny",
+        "fixed": {"dataset": "synthetic", "epochs": 6},
+        "params": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        "objective": {"metric": "best/H", "mode": "max"},
+        "num_samples": 4, "storage_path": str(tmp / "results"),
+    }
+    doc.update(over)
+    return doc
 
 
 def _run(args, env_extra=None, **kw):

@@ -1,0 +1,13 @@
+"""msdn-tune's Ray adapter: the only package that imports ray.
+
+- tuner: starting or joining Ray, the ASHA scheduler, the Tuner (new or restored), running it.
+- trainable: the function each trial runs (report + checkpoint per epoch, restore).
+- searcher: Ray's OptunaSearch told the truth about early-stopped and diverged trials.
+- progress: driver-side Tune callbacks (progress bar, wind-down hook).
+- experiment: reading a study folder's Tune experiment (trials, state) and repairing it.
+- storage: where study files live (shared-storage check, URI mirror, upload-size scan).
+- jobs: studies as Ray Jobs (plan, submit, follow, list, stop).
+
+Importing this package imports nothing: each module is imported where it is needed, so that a
+command pays only for the Ray parts it uses.
+"""

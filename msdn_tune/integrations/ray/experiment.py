@@ -1,5 +1,9 @@
-"""Reading Tune's experiment state, and repairing what a killed driver can leave inconsistent in
-a study folder before a resume.
+"""Reading Tune's experiment folder: its trials as results rows, its raw experiment state, and
+repairing what a killed driver can leave inconsistent in it before a resume.
+
+`load_trials` reads the study folder itself (Ray's `ExperimentAnalysis`), so results work after
+the fact, for interrupted studies and without a running Ray; the rows it returns are
+msdn_tune.trials' `TrialRow`s, which the rest of msdn-tune handles without Ray.
 
 Ray Tune keeps `num_to_keep` checkpoints per trial and deletes older ones as soon as a newer one
 is registered, while its experiment state (which names each trial's latest checkpoint) reaches
@@ -23,10 +27,57 @@ import logging
 import re
 import shutil
 from pathlib import Path
+from typing import Any
+
+from msdn_tune.errors import DataError
+from msdn_tune.integrations.ray.trainable import STATE_FILE, TRIAL_FILE
+from msdn_tune.trials import TrialRow, result_metrics, trial_outcome
 
 log = logging.getLogger(__name__)
 
 _CKPT = re.compile(rb"checkpoint_(\d{6})")
+# Tune's status of a trial that did not terminate normally, as the results table names it.
+_UNFINISHED = {"ERROR": "failed", "RUNNING": "running", "PENDING": "pending", "PAUSED": "running"}
+
+
+def load_trials(path: Path) -> list[TrialRow]:
+    """All trials of the study folder with their derived status ([] before Tune wrote any)."""
+    # ray.tune takes seconds to import: kept off the start-up path of `msdn-tune run`
+    from ray.tune import ExperimentAnalysis
+
+    if not list(path.glob("experiment_state-*.json")):
+        return []
+    analysis = ExperimentAnalysis(str(Path(path).resolve()))  # Ray needs an absolute path
+    rows = []
+    for t in analysis.trials:
+        last = dict(t.last_result or {})
+        if t.status == "TERMINATED":
+            status = trial_outcome(last)
+        else:
+            status = _UNFINISHED.get(t.status, t.status.lower())
+        error = last.get("trial/error")
+        if t.status == "ERROR":
+            error = _error_text(t) or "trial raised an error"
+        ckpt = t.checkpoint.path if t.checkpoint is not None else None
+        rows.append(TrialRow(
+            trial_id=t.trial_id, status=status,
+            params={k: v for k, v in (t.config or {}).items()},
+            metrics=result_metrics(last), epochs_run=int(last.get("epoch", 0)),
+            epochs_total=int(last.get("epochs_total", 0) or 0), error=error, checkpoint=ckpt,
+            mlflow_run_id=last.get("trial/mlflow_run_id")))
+    return rows
+
+
+def _error_text(trial: Any) -> str | None:
+    """The last line of a failed trial's error file (None when it cannot be read)."""
+    try:
+        f = trial.error_file
+        if f and Path(f).exists():
+            lines = [ln for ln in Path(f).read_text().strip().splitlines() if ln.strip()]
+            return lines[-1][:500] if lines else None
+    except Exception:  # noqa: BLE001 - a missing error file only loses the message
+        return None
+    return None
 
 
 def trial_states(exp_dir: Path) -> list[tuple[dict, dict]]:
@@ -71,13 +122,14 @@ def _index(checkpoint: Path) -> int | None:
 
 
 def _fill_from_newer(trial_id: str, missing: Path) -> str | None:
-    from msdn_tune.errors import DataError
-    from msdn_tune.integrations.ray.trainable import STATE_FILE, TRIAL_FILE
+    # torch takes seconds to import: kept off the start-up path of `msdn-tune run`
     from msdn_tune.train.trainer import load_checkpoint
 
     index = _index(missing)
+    if index is None:
+        return None
     newer = sorted((p for p in missing.parent.glob("checkpoint_*")
-                    if (_index(p) or -1) > index), key=_index, reverse=True)
+                    if (_index(p) or -1) > index), key=lambda p: _index(p) or -1, reverse=True)
     for source in newer:  # the newest may be half-written if the kill came mid-copy
         try:
             state = load_checkpoint(source / STATE_FILE)

@@ -1,11 +1,11 @@
-"""Studies on a Ray cluster: job submission, shared-storage checks, token-auth messages.
+"""Studies as Ray Jobs: planning, submission, following, and the `msdn-tune jobs` commands.
 
-A study on a cluster fails in ways a local one cannot: a working directory over Ray's upload
-limit, a node-local results folder that trials on other nodes never see, a dashboard that wants
-a token. Each of these is caught here, before anything runs, with a message that names the fix
-(docs/search.md B10, C2, C4, S2). `msdn-tune submit` and `msdn-tune jobs ...` are thin
-wrappers over :func:`submit_study`, :func:`follow_job` and :func:`job_client`; `run_study` calls
-:func:`check_cluster_storage` and uses :class:`StudyStorage` for cloud URIs.
+A study submitted to a cluster fails in ways a local one cannot: a working directory that would
+be lost with the job, a relative results path, a dashboard that wants a token. Each is caught
+here, before anything is submitted, with a message that names the fix (docs/search.md C2, S2).
+`msdn-tune submit` and `msdn-tune jobs ...` are thin wrappers over :func:`plan_job`,
+:func:`submit_study`, :func:`follow_job` and :func:`job_client`. The storage and upload-size
+checks a plan relies on are in storage.py.
 """
 
 from __future__ import annotations
@@ -15,388 +15,26 @@ import contextlib
 import os
 import re
 import shlex
-import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from msdn_tune.console import human_bytes
+from ray.exceptions import AuthenticationError
+from ray.job_submission import JobSubmissionClient
+
 from msdn_tune.errors import ClusterError
-
-# --- shared storage (docs/search.md B10, C4) -----------------------------------------------------
-
-SHARED_ENV = "MSDN_TUNE_SHARED_STORAGE"
-# Mount points that are shared by convention: KubeRay's and Anyscale's samples mount the
-# cluster's bucket or NFS volume here.
-SHARED_PREFIXES = ("/mnt/cluster_storage",)
-# Filesystem types (/proc/mounts) that every node of a cluster can mount.
-SHARED_FS_TYPES = frozenset(
-    "nfs nfs4 cifs smb3 lustre gpfs beegfs glusterfs ceph cephfs fuse.gcsfuse fuse.s3fs "
-    "fuse.mountpoint-s3 fuse.juicefs fuse.ceph-fuse fuse.glusterfs fuse.sshfs fuse.rclone "
-    "fuse.goofys".split()
+from msdn_tune.integrations.ray.storage import (
+    DEFAULT_EXCLUDES,
+    UploadReport,
+    check_upload_size,
+    is_uri,
+    scan_working_dir,
 )
-
-
-def is_uri(path: str) -> bool:
-    """True for `scheme://...` storage (s3, gs, hdfs, file, ...), which pyarrow resolves."""
-    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", path) is not None
-
-
-def _local_part(storage_path: str) -> str | None:
-    """The local filesystem path of a storage spec, or None for a remote URI."""
-    if storage_path.startswith("file://"):
-        return urlparse(storage_path).path
-    return None if is_uri(storage_path) else storage_path
-
-
-def mount_fstype(path: str | Path) -> str | None:
-    """Filesystem type of the mount holding `path` (longest matching mount point), Linux only."""
-    real = Path(os.path.realpath(os.path.expanduser(str(path))))
-    try:
-        lines = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return None
-    best, fstype = -1, None
-    for line in lines:
-        parts = line.split()
-        if len(parts) < 3:
-            continue
-        mnt = parts[1].encode().decode("unicode_escape")  # /proc/mounts escapes spaces as \040
-        if (real == Path(mnt) or Path(mnt) in real.parents) and len(mnt) > best:
-            best, fstype = len(mnt), parts[2]
-    return fstype
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def shared_storage_reason(storage_path: str, *, declared: bool = False) -> str | None:
-    """Why `storage_path` is visible from every node, or None when nothing says it is."""
-    local = _local_part(storage_path)
-    if local is None:
-        return f"{urlparse(storage_path).scheme}:// URI"
-    if declared or _env_flag(SHARED_ENV):
-        return f"declared shared (--storage-shared or {SHARED_ENV}=1)"
-    real = os.path.realpath(os.path.expanduser(local))
-    for prefix in SHARED_PREFIXES:
-        if real == prefix or real.startswith(prefix + "/"):
-            return f"under {prefix}"
-    fstype = mount_fstype(real)
-    if fstype in SHARED_FS_TYPES:
-        return f"on a {fstype} mount"
-    return None
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    """An alive Ray node's schedulable resources (what trials could use)."""
-
-    cpu: float
-    gpu: float
-
-
-def alive_nodes() -> list[NodeInfo]:
-    """The alive nodes of the connected Ray cluster (needs `ray.init` first)."""
-    import ray
-
-    return [
-        NodeInfo(
-            float(n.get("Resources", {}).get("CPU", 0)), float(n.get("Resources", {}).get("GPU", 0))
-        )
-        for n in ray.nodes()
-        if n.get("Alive")
-    ]
-
-
-def trials_span_nodes(nodes: Sequence[NodeInfo], trial: Mapping[str, Any]) -> bool:
-    """Whether trials will run on more than one node, or on a node other than this one.
-
-    Two or more alive nodes, or a single node (an autoscaling cluster's CPU-only head) that
-    cannot host a trial, so its trials will run on workers that do not exist yet.
-    """
-    if len(nodes) != 1:
-        return len(nodes) > 1
-    cpu, gpu = float(trial.get("cpu") or 0), float(trial.get("gpu") or 0)
-    return nodes[0].cpu < cpu or nodes[0].gpu < gpu
-
-
-def check_cluster_storage(
-    storage_path: str,
-    trial: Mapping[str, Any],
-    *,
-    declared_shared: bool = False,
-    nodes: Sequence[NodeInfo] | None = None,
-) -> str | None:
-    """Refuse node-local results storage on a multi-node cluster, before any trial starts.
-
-    Since Ray 2.7 trials write checkpoints straight to `storage_path` from whatever node they
-    run on, and a restored trial reads them back from another node (ray-project/ray#37177): a
-    path only one node sees loses checkpoints and results. Returns why the storage is accepted
-    as shared (None on a single node); raises ClusterError otherwise.
-    """
-    nodes = alive_nodes() if nodes is None else nodes
-    if not trials_span_nodes(nodes, trial):
-        return None
-    reason = shared_storage_reason(storage_path, declared=declared_shared)
-    if reason is not None:
-        return reason
-    local = _local_part(storage_path) or storage_path
-    fstype = mount_fstype(local) or "unknown"
-    where = (
-        f"{len(nodes)} alive nodes"
-        if len(nodes) > 1
-        else "one alive node that cannot host a trial, so trials run on other (autoscaled) nodes"
-    )
-    raise ClusterError(
-        f"storage_path {storage_path}: this Ray cluster has {where}, but that path is on this "
-        f"node's own disk ({fstype} filesystem), where trials on other nodes cannot write "
-        "checkpoints or read them back. Use storage every node sees: a cloud URI "
-        "(--storage-path s3://bucket/studies or gs://...), a shared mount such as "
-        "/mnt/cluster_storage, or, for an NFS or other shared mount msdn-tune does not "
-        f"recognise, declare it with --storage-shared (or {SHARED_ENV}=1)."
-    )
-
-
-def default_mirror_root() -> Path:
-    """Where the driver keeps its copy of studies stored under a URI."""
-    root = os.environ.get("MSDN_TUNE_CACHE")
-    base = (
-        Path(root).expanduser()
-        if root
-        else (Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "msdn-tune")
-    )
-    return base / "storage"
-
-
-@dataclass
-class StudyStorage:
-    """Where study folders live: a local or shared path, or a URI that Ray writes to directly.
-
-    For a URI (s3://, gs://, hdfs://...) Ray gets the URI as `storage_path` (resolved with
-    pyarrow, docs/search.md C4), and the driver keeps a local mirror of each study's small files
-    (Ray's experiment state, per-trial results, msdn_study.json, trials.parquet): it reads
-    results from the mirror and pushes its own files back, so a restarted driver anywhere finds
-    them. Checkpoints stay in the bucket; only the ones the driver needs are fetched.
-    """
-
-    spec: str
-    uri: str | None = None
-    local_root: Path = field(default_factory=Path)
-    fs: Any = None  # the pyarrow filesystem of a URI
-    base: str = ""  # the URI's path inside `fs`
-
-    PUSHED = ("msdn_study.json", "trials.parquet", "plots")
-
-    @classmethod
-    def from_spec(cls, spec: str, mirror_root: Path | None = None) -> StudyStorage:
-        """A local path (or file:// URI) is used as is; another URI gets a local mirror."""
-        local = _local_part(spec)
-        if local is not None:
-            return cls(spec=spec, local_root=Path(os.path.abspath(os.path.expanduser(local))))
-        import pyarrow.fs as pafs
-
-        try:
-            fs, base = pafs.FileSystem.from_uri(spec)
-        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for bad URIs
-            raise ClusterError(
-                f"storage_path {spec}: pyarrow cannot open this URI ({exc})"
-            ) from None
-        parsed = urlparse(spec)
-        mirror = (
-            (mirror_root or default_mirror_root())
-            / parsed.scheme
-            / (parsed.netloc + parsed.path).strip("/")
-        )
-        return cls(spec=spec, uri=spec.rstrip("/"), local_root=mirror, fs=fs, base=base.rstrip("/"))
-
-    def ray_storage(self) -> str:
-        """What `RunConfig(storage_path=...)` gets."""
-        return self.uri or str(self.local_root)
-
-    def ray_path(self, name: str) -> str:
-        """The study folder as Ray addresses it (`Tuner.can_restore`, `Tuner.restore`)."""
-        return f"{self.uri}/{name}" if self.uri else str(self.local_root / name)
-
-    def pull(self, name: str) -> None:
-        """Refresh the local mirror of study `name`, checkpoints left out (no-op for paths)."""
-        if self.uri is None:
-            return
-        import pyarrow.fs as pafs
-
-        local = self.local_root / name
-        if local.exists():
-            shutil.rmtree(local)  # a cache of the bucket: stale state files must not linger
-        src = f"{self.base}/{name}"
-        if self.fs.get_file_info(src).type != pafs.FileType.Directory:
-            return
-        for info in self.fs.get_file_info(pafs.FileSelector(src, recursive=True)):
-            rel = info.path[len(src) + 1 :]
-            if info.type != pafs.FileType.File or any(
-                part.startswith("checkpoint_") for part in rel.split("/")
-            ):
-                continue
-            self._download(info.path, local / rel)
-
-    def fetch(self, paths: Sequence[str | Path]) -> None:
-        """Download checkpoint folders (given as mirror paths) the driver needs locally."""
-        if self.uri is None:
-            return
-        import pyarrow.fs as pafs
-
-        for p in paths:
-            rel = Path(p).resolve().relative_to(self.local_root.resolve()).as_posix()
-            src = f"{self.base}/{rel}"
-            for info in self.fs.get_file_info(
-                pafs.FileSelector(src, recursive=True, allow_not_found=True)
-            ):
-                if info.type == pafs.FileType.File:
-                    self._download(info.path, Path(p) / info.path[len(src) + 1 :])
-
-    def push(self, name: str) -> None:
-        """Upload the driver's own files of study `name` (metadata, table, plots) to the URI."""
-        if self.uri is None:
-            return
-        local = self.local_root / name
-        for entry in self.PUSHED:
-            src = local / entry
-            files = [src] if src.is_file() else sorted(f for f in src.rglob("*") if f.is_file())
-            for f in files:
-                dst = f"{self.base}/{name}/{f.relative_to(local).as_posix()}"
-                self.fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
-                with self.fs.open_output_stream(dst) as out:
-                    out.write(f.read_bytes())
-
-    def _download(self, src: str, dst: Path) -> None:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(dst.name + ".part")
-        with self.fs.open_input_stream(src) as inp, open(tmp, "wb") as out:
-            while chunk := inp.read(1 << 20):
-                out.write(chunk)
-        tmp.replace(dst)
-
-
-# --- working directory (docs/search.md C2) -------------------------------------------------------
-
-MIB = 1024 * 1024
-try:  # the limit Ray enforces on the zipped working_dir (512 MiB unless overridden)
-    from ray._private.runtime_env.packaging import GCS_STORAGE_MAX_SIZE as UPLOAD_LIMIT
-except ImportError:  # pragma: no cover - a future Ray moved it
-    UPLOAD_LIMIT = 512 * MIB
-
-# gitignore-style patterns (relative to the working dir; a leading / anchors at its top) for
-# what never belongs in a job upload: environments, data, results, tracking stores, caches,
-# weights. Ray adds its own (.git, .venv, venv, __pycache__) and honours .gitignore/.rayignore.
-DEFAULT_EXCLUDES = [
-    "/.venv/",
-    "/venv/",
-    "/env/",
-    ".git/",
-    "__pycache__/",
-    "*.egg-info/",
-    ".pytest_cache/",
-    ".ruff_cache/",
-    ".mypy_cache/",
-    "/data/",
-    "/msdn_results/",
-    "/runs/",
-    "/mlflow.db",
-    "/mlflow.db-*",
-    "/mlartifacts/",
-    "/mlruns/",
-    "/tmp/",
-    "/.cache/",
-    "/dist/",
-    "/build/",
-    "*.arrows",
-    "*.pt",
-    "*.pth",
-    "*.ckpt",
-    "*.h5",
-    "*.mat",
-    "*.npz",
-]
-
-
-@dataclass
-class UploadReport:
-    """What Ray would upload from a working directory (sizes before compression)."""
-
-    root: Path
-    total_bytes: int
-    n_files: int
-    largest_files: list[tuple[str, int]]
-    largest_dirs: list[tuple[str, int]]
-
-    def offenders(self) -> str:
-        """The biggest top-level folders and files, for error messages."""
-        items = self.largest_dirs[:5] + self.largest_files[:5]
-        return ", ".join(f"{name} ({human_bytes(size)})" for name, size in items)
-
-
-def scan_working_dir(root: str | Path, excludes: Sequence[str] = ()) -> UploadReport:
-    """Walk `root` with Ray's own packaging rules: the given excludes, Ray's default excludes,
-    and every .gitignore/.rayignore on the way (as `ray job submit` zips it)."""
-    from ray._private import ray_constants
-    from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
-
-    root = Path(root).resolve()
-    include_gitignore = os.environ.get(ray_constants.RAY_RUNTIME_ENV_IGNORE_GITIGNORE, "0") != "1"
-    patterns = ray_constants.get_runtime_env_default_excludes() + list(excludes)
-    sizes: dict[str, int] = {}
-
-    def handler(path: Path) -> None:
-        if path.is_file():  # symlinks are followed, as Ray's zip does
-            sizes[path.relative_to(root).as_posix()] = path.stat().st_size
-
-    quiet = _QuietLogger()
-    _dir_travel(root, [_get_excludes(root, patterns)], handler, include_gitignore, quiet)
-    tops: dict[str, int] = {}
-    for rel, size in sizes.items():
-        if "/" in rel:
-            top = rel.split("/", 1)[0] + "/"
-            tops[top] = tops.get(top, 0) + size
-    return UploadReport(
-        root=root,
-        total_bytes=sum(sizes.values()),
-        n_files=len(sizes),
-        largest_files=sorted(sizes.items(), key=lambda kv: -kv[1])[:10],
-        largest_dirs=sorted(tops.items(), key=lambda kv: -kv[1])[:10],
-    )
-
-
-class _QuietLogger:
-    """Ray's walker logs every ignore file it honours; that is noise for a size check."""
-
-    def info(self, *args: Any, **kwargs: Any) -> None:
-        """Dropped."""
-
-    def error(self, *args: Any, **kwargs: Any) -> None:
-        """Dropped: the walker re-raises the error itself."""
-
-
-def check_upload_size(report: UploadReport, limit: int = UPLOAD_LIMIT) -> list[str]:
-    """Raise when the working dir cannot be uploaded; warnings (as text) from half the limit."""
-    total = report.total_bytes
-    if total >= limit:
-        raise ClusterError(
-            f"working directory {report.root} holds {human_bytes(total)} to upload "
-            f"({report.n_files} files), over Ray's {human_bytes(limit)} limit for a job's "
-            f"working_dir. Largest: {report.offenders()}. Data, results and checkpoints belong "
-            "on shared storage, not in the upload: add them to .rayignore (or --exclude), or "
-            "choose a smaller --working-dir."
-        )
-    if total >= limit // 2:
-        return [
-            f"working directory {report.root} is {human_bytes(total)}, over half of Ray's "
-            f"{human_bytes(limit)} upload limit; largest: {report.offenders()}"
-        ]
-    return []
-
+from msdn_tune.space import load_space
 
 # --- job submission (docs/search.md C2, S2) ------------------------------------------------------
 
@@ -451,8 +89,6 @@ def check_reachable(url: str, timeout_s: float = 5.0) -> None:
 @contextlib.contextmanager
 def ray_api_errors(url: str) -> Iterator[None]:
     """Turn the job SDK's auth, connection and HTTP errors into one clear ClusterError."""
-    from ray.exceptions import AuthenticationError
-
     try:
         yield
     except AuthenticationError as exc:
@@ -488,8 +124,6 @@ class JobServer:
 
 def job_client(address: str | None, timeout_s: float = 5.0) -> JobServer:
     """Connect to the job server, or raise a ClusterError saying why not (unreachable, auth)."""
-    from ray.job_submission import JobSubmissionClient
-
     url = dashboard_url(address)
     check_reachable(url, timeout_s)
     with ray_api_errors(url):
@@ -584,8 +218,6 @@ def plan_job(
     cluster's PATH gives (the image or the venv that ran `ray start`), which must have msdn-tune
     installed unless `pip` installs it into the job's environment.
     """
-    from msdn_tune.space import load_space
-
     space_path = Path(space_file).resolve()
     space = load_space(space_path).with_overrides(
         num_samples=num_samples, max_concurrent_trials=max_concurrent, name=name

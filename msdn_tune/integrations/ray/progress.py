@@ -9,6 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ray.tune import Callback
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 
 class StudyProgress(Callback):
@@ -33,14 +40,6 @@ class StudyProgress(Callback):
 
     def _ensure(self) -> None:
         if self._bar is None:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
             self._bar = Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn())
             self._task = self._bar.add_task("study", total=self.total, info="")

@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from typing import Any
 
+import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
@@ -24,7 +26,21 @@ log = logging.getLogger(__name__)
 
 
 class MsdnOptunaSearch(OptunaSearch):
-    """OptunaSearch with honest PRUNED/FAIL states and epoch-stepped intermediate values."""
+    """OptunaSearch with honest PRUNED/FAIL states and epoch-stepped intermediate values.
+
+    It reaches into OptunaSearch's private state (`_ot_study`, `_ot_trials`,
+    `_completed_trials`), checked against ray 2.60.0: Ray offers no public way to tell Optuna
+    another state or to hand it finished trials.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress bar reports trials
+        super().__init__(*args, **kwargs)
+
+    def add_finished_trials(self, trials: list[Any]) -> None:
+        """Give the sampler an earlier study's finished Optuna trials (warm start)."""
+        study: Any = self._ot_study  # set by OptunaSearch's constructor, typed Optional there
+        study.add_trials(trials)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if isinstance(self.metric, list) or trial_id in self._completed_trials:
@@ -49,8 +65,9 @@ class MsdnOptunaSearch(OptunaSearch):
         if ot_trial is None:
             return
         state = TrialState.FAIL if outcome == "failed" else TrialState.PRUNED
+        study: Any = self._ot_study  # set by OptunaSearch's constructor, typed Optional there
         try:
-            self._ot_study.tell(ot_trial, state=state)
+            study.tell(ot_trial, state=state)
         except Exception as exc:  # noqa: BLE001 - Optuna refuses e.g. a second tell; keep going
             log.warning("optuna refused to record trial %s as %s: %s", trial_id, state, exc)
         self._completed_trials.add(trial_id)

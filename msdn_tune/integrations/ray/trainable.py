@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from msdn_tune.data.resolve import open_benchmark
 from msdn_tune.errors import DivergenceError
+from msdn_tune.train.config import TrainConfig
 
 STATE_FILE = "checkpoint.pt"
 TRIAL_FILE = "trial.json"
@@ -46,10 +48,10 @@ def make_trainable(static: TrialStatic) -> Callable[[dict[str, Any]], None]:
 
 def run_trial(config: dict[str, Any], static: TrialStatic) -> None:
     """Train one configuration, reporting and checkpointing after every epoch."""
+    # ray.tune and torch take seconds to import and this module is on the start-up path of
+    # `msdn-tune run` (TrialStatic): they are imported in the trial's worker, where they run
     from ray import tune
 
-    from msdn_tune.data.resolve import open_benchmark
-    from msdn_tune.train.config import TrainConfig
     from msdn_tune.train.trainer import Trainer, load_checkpoint
 
     settings = {**static.fixed, **{k: v for k, v in config.items() if v is not None}}
@@ -69,6 +71,7 @@ def run_trial(config: dict[str, Any], static: TrialStatic) -> None:
 
     tracker = None
     if static.tracking_uri and static.parent_run_id and static.experiment_id:
+        # MLflow takes seconds to import: only in a tracked trial's worker, as ray.tune above
         from msdn_tune.integrations.mlflow import TrialTracker
 
         tracker = TrialTracker(
@@ -79,7 +82,8 @@ def run_trial(config: dict[str, Any], static: TrialStatic) -> None:
         if restored is not None:  # epochs checkpointed by a worker that died before sending them
             tracker.catch_up(trainer.history)
 
-    status, error, last = "failed", None, {}
+    status, error = "failed", None
+    last: dict[str, Any] = {}
     try:
         if trainer.epoch >= cfg.epochs:  # restored after the final report: report it again
             last = {**trainer.finish(), "epochs_total": float(cfg.epochs)}

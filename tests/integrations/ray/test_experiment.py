@@ -1,12 +1,66 @@
-"""repair_lost_checkpoints leaves a study folder alone unless Tune's state names a lost checkpoint.
+"""repair_lost_checkpoints: it fills a checkpoint Tune's state names but a killed driver left
+deleted from the newest readable newer one, and leaves a study folder alone otherwise.
 
-The repair itself is exercised end to end in tests/tune/test_run.py (kill, lose, resume)."""
+The repair is built here deterministically from real trainer checkpoints; the kill/resume test
+in tests/commands/test_study_run.py runs it end to end through `msdn-tune run --resume`."""
 
 from __future__ import annotations
 
 import json
+import pickle
 
+from msdn_tune.data.resolve import open_benchmark
 from msdn_tune.integrations.ray.experiment import repair_lost_checkpoints
+from msdn_tune.integrations.ray.trainable import STATE_FILE, TRIAL_FILE
+from msdn_tune.train.config import TrainConfig
+from msdn_tune.train.trainer import Trainer, load_checkpoint
+
+
+def _state(exp, trial_dir, recorded: str) -> None:
+    """A Tune experiment state naming `recorded` as the trial's latest checkpoint (in the hex of
+    its pickled checkpoint manager, as Tune writes it)."""
+    manager = pickle.dumps({"latest_checkpoint": str(trial_dir / recorded)})
+    config = {"trial_id": "abc", "status": "RUNNING", "relative_logdir": trial_dir.name}
+    state = {"trial_data": [[json.dumps(config),
+                             json.dumps({"checkpoint_manager": {"value": manager.hex()}})]]}
+    (exp / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(state))
+
+
+def test_a_lost_checkpoint_is_refilled_from_the_newest_readable_newer_one(tmp_path):
+    """The state names checkpoint_000001 (epoch 2), which Tune deleted for num_to_keep; the trial
+    wrote checkpoint_000002 (epoch 3) and was killed writing checkpoint_000003. The trial then
+    restores from epoch 3's state under the recorded name."""
+    cfg = TrainConfig.from_dict(dict(dataset="synthetic", epochs=6, lr=1e-3, device="cpu",
+                                     threads=1, seed=3))
+    bench = open_benchmark("tiny")
+    trainer = Trainer(cfg, bench)
+    trial = tmp_path / "msdn_trial_abc_00000"
+    for index in range(3):  # Tune's checkpoint_00000k holds epoch k + 1
+        trainer.run_epoch()
+        ckpt = trial / f"checkpoint_{index:06d}"
+        trainer.save(ckpt / STATE_FILE)
+        (ckpt / TRIAL_FILE).write_text(json.dumps({"trial_id": "abc", "epoch": trainer.epoch}))
+    for lost in (trial / "checkpoint_000000", trial / "checkpoint_000001"):  # num_to_keep
+        for f in lost.iterdir():
+            f.unlink()
+        lost.rmdir()
+    half = trial / "checkpoint_000003"
+    half.mkdir()
+    (half / STATE_FILE).write_bytes(b"half-written")
+    _state(tmp_path, trial, "checkpoint_000001")
+
+    lines = repair_lost_checkpoints(tmp_path)
+
+    assert lines == ["trial abc: its last recorded checkpoint (checkpoint_000001) was deleted "
+                     "before the killed driver recorded a newer one; continuing from "
+                     "checkpoint_000002 (epoch 3)"]
+    restored = Trainer(cfg, bench)
+    restored.load_state_dict(load_checkpoint(trial / "checkpoint_000001" / STATE_FILE))
+    assert restored.epoch == 3
+    assert json.loads((trial / "checkpoint_000001" / TRIAL_FILE).read_text())["epoch"] == 3
+    assert sorted(p.name for p in trial.iterdir()) == [
+        "checkpoint_000001", "checkpoint_000002", "checkpoint_000003"]
+    assert repair_lost_checkpoints(tmp_path) == []  # repaired once: nothing left to do
 
 
 def test_nothing_to_repair_without_a_state_file_or_with_one_it_cannot_read(tmp_path):

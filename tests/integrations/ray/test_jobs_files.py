@@ -14,7 +14,7 @@ import pytest
 import ray
 import yaml
 
-from msdn_tune.integrations.ray.jobs import DEFAULT_EXCLUDES
+from msdn_tune.integrations.ray.storage import DEFAULT_EXCLUDES
 
 CLUSTER = Path(__file__).resolve().parents[3] / "cluster"
 RAY_MINOR = ".".join(ray.__version__.split(".")[:2])

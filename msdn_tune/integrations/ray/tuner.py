@@ -1,0 +1,173 @@
+"""Ray and Ray Tune for one study: starting or joining Ray, the ASHA scheduler, the Tuner (new or
+restored), Tune's loggers, and running it.
+
+The study use case (msdn_tune/commands/study.py) decides what to run; this module is how it runs
+on Ray, so that the use case names no Ray object. A resumed study is Ray's `Tuner.restore`
+(searcher state included, docs/search.md B1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import ray
+from rich.console import Console
+
+from msdn_tune.errors import MsdnTuneError
+from msdn_tune.space import SearchSpace
+from msdn_tune.trials import TrialRow
+
+# Loggers: TUNE_DISABLE_AUTO_CALLBACK_LOGGERS, see `tune_loggers`.
+_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+
+
+def init_ray(address: str | None) -> bool:
+    """Connect to (or start) Ray; returns True when this call started it."""
+    if ray.is_initialized():
+        return False
+    if address in (None, "", "local"):
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # Ray prestarts a default worker per CPU for the first driver. Tune's trial actors carry
+        # a runtime env (env vars), so none of them can use those workers: they would import Ray
+        # on the cores Ray's own start-up needs, and be killed unused a few seconds later.
+        # `_system_config` and this key are private Ray API, checked against ray 2.60.0.
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                 configure_logging=True, _system_config={"prestart_worker_first_driver": False})
+    else:
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        except ConnectionError as exc:
+            # jobs.py imports the job SDK (aiohttp): kept off the start-up path of msdn-tune run
+            from msdn_tune.integrations.ray.jobs import AUTH_HINT
+
+            hint = ("" if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else
+                    f"; if the cluster uses token authentication (Ray's default), {AUTH_HINT}")
+            raise MsdnTuneError(f"--address {address}: cannot connect to a Ray cluster "
+                                f"({exc}){hint}") from None
+    return True
+
+
+def ray_running() -> bool:
+    """Whether this process is already connected to Ray (a caller's own `ray.init`)."""
+    return bool(ray.is_initialized())
+
+
+def shutdown_ray() -> None:
+    """Disconnect from Ray, stopping the local Ray this process started (over a second)."""
+    ray.shutdown()
+
+
+def can_restore(path: str) -> bool:
+    """Whether Ray finds a restorable study at `path` (a folder or a storage URI)."""
+    # ray.tune takes seconds to import: kept off the start-up path of `msdn-tune run`
+    from ray import tune
+
+    return bool(tune.Tuner.can_restore(path))
+
+
+def asha_scheduler(space: SearchSpace) -> Any:
+    """The space's ASHA scheduler (None for `scheduler: {type: none}`), on our `epoch` clock.
+
+    The space has already resolved and validated every option (watched metric and mode, grace
+    period, max_t, reduction factor, brackets); they are used as they are.
+    """
+    # ray.tune takes seconds to import: kept off the start-up path of `msdn-tune run`
+    from ray.tune.schedulers import ASHAScheduler
+
+    sch = space.scheduler
+    if sch["type"] != "asha":
+        return None
+    return ASHAScheduler(
+        time_attr="epoch", metric=sch["metric"], mode=sch["mode"], max_t=int(sch["max_t"]),
+        grace_period=int(sch["grace_period"]), reduction_factor=float(sch["reduction_factor"]),
+        brackets=int(sch["brackets"]))
+
+
+def build_tuner(space: SearchSpace, static: Any, *, exp_dir: Path, resume: bool,
+                warm_rows: list[TrialRow] | None, console: Console,
+                ray_storage: str | None = None,
+                wind_down: Callable[[], None] | None = None) -> Any:
+    """The Tuner for a new study, or the restored one for `resume`.
+
+    `static` is the trainable's `TrialStatic`. `ray_storage` is Ray's storage_path when it is
+    not `exp_dir.parent` (a cloud URI). `wind_down` (a module-level function: Tune pickles it)
+    runs in a thread once the last trial has started.
+    """
+    # ray.tune (and Optuna through the searcher) take seconds to import: kept off the start-up
+    # path of `msdn-tune run`, where msdn_tune._startup imports them while Ray starts
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from msdn_tune.integrations.optuna import define_by_run, frozen_trials, make_sampler
+    from msdn_tune.integrations.ray.progress import StudyProgress, WindDown
+    from msdn_tune.integrations.ray.searcher import MsdnOptunaSearch
+    from msdn_tune.integrations.ray.trainable import make_trainable
+
+    resources = {k: v for k, v in space.resources.items() if v}
+    trainable = tune.with_resources(make_trainable(static), resources or {"cpu": 1})
+    if resume:
+        where = f"{ray_storage}/{space.name}" if ray_storage else str(exp_dir)
+        return tune.Tuner.restore(where, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=False)
+    metrics = [o.metric for o in space.objectives]
+    modes = [o.mode for o in space.objectives]
+    searcher = MsdnOptunaSearch(
+        space=define_by_run(space), metric=metrics if len(metrics) > 1 else metrics[0],
+        mode=modes if len(modes) > 1 else modes[0], sampler=make_sampler(space))
+    if warm_rows:
+        trials = frozen_trials(space, warm_rows)
+        searcher.add_finished_trials(trials)
+        console.print(f"warm start: {len(trials)} completed trials given to the sampler")
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=asha_scheduler(space), num_samples=space.num_samples,
+            max_concurrent_trials=space.max_concurrent_trials, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=space.name, storage_path=ray_storage or str(exp_dir.parent),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
+            failure_config=tune.FailureConfig(max_failures=2),
+            # Tune's CSV and JSON loggers by name, so that `fit` can leave out its default
+            # TensorBoard logger (see `tune_loggers`).
+            callbacks=[StudyProgress(space.num_samples, metrics[0], modes[0]),
+                       CSVLoggerCallback(), JsonLoggerCallback()]
+            + ([WindDown(space.num_samples, wind_down)] if wind_down else []),
+            verbose=0),
+    )
+
+
+def fit(tuner: Any, *, resumed: bool) -> int:
+    """Run the Tuner's trials; returns how many ended (terminated or errored).
+
+    Ray returns normally after Ctrl-C too, so the caller judges completeness from this count.
+    """
+    with tune_loggers(default=resumed):
+        grid = tuner.fit()
+    return int(grid.num_terminated + grid.num_errors)
+
+
+@contextlib.contextmanager
+def tune_loggers(*, default: bool) -> Iterator[None]:
+    """Let Tune add its default loggers (CSV, JSON, TensorBoard) only when `default` is set.
+
+    The TensorBoard logger imports torch into the driver through tensorboardX, two seconds
+    before the first trial can start, and writes an events file per trial that nothing reads:
+    trials are tracked in MLflow. A new study names its CSV and JSON loggers itself
+    (`build_tuner`); a resumed one keeps the callbacks it was started with, which for a study
+    started by an older msdn-tune are none, so it keeps Tune's defaults.
+    """
+    before = os.environ.get(_AUTO_LOGGERS)
+    if not default:
+        os.environ[_AUTO_LOGGERS] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_AUTO_LOGGERS, None)
+        else:
+            os.environ[_AUTO_LOGGERS] = before
