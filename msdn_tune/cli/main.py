@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 
 from msdn_tune import __version__
+from msdn_tune._startup import fast_exit
 from msdn_tune.cli.data import data_group
 from msdn_tune.cli.jobs import jobs_group, submit_cmd
 from msdn_tune.errors import MsdnTuneError
@@ -287,19 +288,14 @@ def _ui_ready(url: str) -> None:
 
 
 def entrypoint() -> None:
-    """The `msdn-tune` executable: `main`, then a quick exit.
+    """The `msdn-tune` executable: `main`, then a quick exit (msdn_tune._startup.fast_exit).
 
-    A study leaves torch, Ray, MLflow, Optuna and matplotlib imported, and tearing their objects
-    down one by one at interpreter exit takes seconds after the last line is printed. Freezing the
-    garbage collector's objects first skips that walk; atexit handlers and stream flushing still
-    run as usual. Tests call `main` itself, so their process keeps collecting.
+    Tests call `main` itself, so their process keeps collecting.
     """
     try:
         main()
     finally:
-        import gc
-
-        gc.freeze()
+        fast_exit()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from pathlib import Path
 from msdn_tune.errors import MsdnTuneError, TrackingError
 from msdn_tune.integrations.mlflow import check_tracking, log_files
 from msdn_tune.integrations.optuna import optuna_study, study_plots
-from msdn_tune.trials import load_trials, read_study_meta, study_space
+from msdn_tune.integrations.ray.experiment import load_trials
+from msdn_tune.trials import read_study_meta, study_space
 
 PLOTS_ARTIFACT_DIR = "plots"
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from msdn_tune.trials import TrialRow, best_trials, load_trials, study_dir, study_space
+from msdn_tune.integrations.ray.experiment import load_trials
+from msdn_tune.trials import TrialRow, best_trials, study_dir, study_space
 
 
 @dataclass(frozen=True)
