@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from msdn_tune.errors import MsdnTuneError
-from msdn_tune.space import SearchSpace, parse_space
+from msdn_tune.space import StudySpec, parse_space
 
 STUDY_FILE = "msdn_study.json"
 TRIALS_FILE = "trials.parquet"
@@ -86,7 +86,7 @@ def read_study_meta(path: Path) -> dict[str, Any]:
 
 
 def study_space(study: str | Path, storage_path: str | Path | None = None
-                ) -> tuple[Path, SearchSpace]:
+                ) -> tuple[Path, StudySpec]:
     """A study's folder and the search space it ran with (from its msdn-tune metadata)."""
     path = study_dir(study, storage_path)
     meta = read_study_meta(path)

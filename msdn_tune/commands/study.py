@@ -40,7 +40,7 @@ from msdn_tune.integrations.ray.tuner import (
     ray_running,
     shutdown_ray,
 )
-from msdn_tune.space import SearchSpace
+from msdn_tune.space import StudySpec
 from msdn_tune.train.config import TrainConfig
 from msdn_tune.trials import (
     STUDY_FILE,
@@ -78,7 +78,7 @@ KEPT_ON_RESUME = ("data", "fixed", "params", "objective", "sampler", "scheduler"
                   "max_concurrent_trials", "resources")
 
 
-def _check_resumable(space: SearchSpace, meta: dict[str, Any]) -> None:
+def _check_resumable(space: StudySpec, meta: dict[str, Any]) -> None:
     """Refuse a resume whose settings differ from the study's own, naming every change.
 
     A changed num_samples in particular would leave the study judged against a number Ray never
@@ -123,7 +123,7 @@ def _save_meta(exp_dir: Path, meta: dict[str, Any]) -> None:
     tmp.replace(exp_dir / STUDY_FILE)
 
 
-def run_study(space: SearchSpace, *, space_file: Path | None = None, address: str | None = None,
+def run_study(space: StudySpec, *, space_file: Path | None = None, address: str | None = None,
               resume: bool = False, warm_start: str | None = None,
               tracking_uri: str | None = None, tracking: bool = True,
               force_promote: bool = False, console: Console | None = None,
@@ -257,7 +257,7 @@ def _warm_start_rows(warm_start: str, storage: Path, uri: str | None) -> list[Tr
     return trial_rows_from_experiment(uri, warm_start)
 
 
-def _conclude(space: SearchSpace, store: Any, exp_dir: Path, finished: int,
+def _conclude(space: StudySpec, store: Any, exp_dir: Path, finished: int,
               parent: str | None, uri: str | None, tracker: Any, force_promote: bool,
               console: Console, t0: float) -> StudyOutcome:
     """Results table, best trial, tracking wrap-up and study metadata after `fit`."""
@@ -280,7 +280,7 @@ def _conclude(space: SearchSpace, store: Any, exp_dir: Path, finished: int,
     return outcome
 
 
-def _finish_tracking(tracker: Any, space: SearchSpace, outcome: StudyOutcome,
+def _finish_tracking(tracker: Any, space: StudySpec, outcome: StudyOutcome,
                      force_promote: bool, console: Console) -> None:
     """Parent-run summary, plots (artifact folder `plots/`), and the champion model (complete
     studies only).
@@ -335,7 +335,7 @@ def _finish_tracking(tracker: Any, space: SearchSpace, outcome: StudyOutcome,
                       style="yellow", markup=False, soft_wrap=True)
 
 
-def promote_best(uri: str, space: SearchSpace, best: TrialRow, data_path: str, *,
+def promote_best(uri: str, space: StudySpec, best: TrialRow, data_path: str, *,
                  force_promote: bool = False) -> dict[str, Any] | None:
     """Log the best completed trial's model and make it champion if it beats the current one."""
     # MLflow and torch take seconds to import: kept off the start-up path of `msdn-tune run`

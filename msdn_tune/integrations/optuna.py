@@ -18,7 +18,7 @@ from typing import Any
 
 import optuna
 
-from msdn_tune.space import ParamSpec, SearchSpace
+from msdn_tune.space import ParamSpec, StudySpec
 from msdn_tune.trials import TrialRow
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class _DefineByRun:
         return f"define_by_run({', '.join(p.name for p in self.params)})"
 
 
-def define_by_run(space: SearchSpace) -> Callable[[optuna.Trial], dict | None]:
+def define_by_run(space: StudySpec) -> Callable[[optuna.Trial], dict | None]:
     """An Optuna define-by-run function suggesting the space's parameters.
 
     Parameters are suggested in dependency order, and a conditional one only when its `when`
@@ -68,7 +68,7 @@ def define_by_run(space: SearchSpace) -> Callable[[optuna.Trial], dict | None]:
     return _DefineByRun(tuple(space.params[n] for n in space.suggestion_order))
 
 
-def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
+def make_sampler(space: StudySpec) -> optuna.samplers.BaseSampler:
     """The Optuna sampler the space asks for, seeded from `sampler.seed`."""
     s = space.sampler
     with warnings.catch_warnings():
@@ -108,7 +108,7 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
     raise AssertionError(f"unhandled sampler type {s['type']!r}")  # parse() rejects others
 
 
-def optuna_distributions(space: SearchSpace) -> dict[str, Any]:
+def optuna_distributions(space: StudySpec) -> dict[str, Any]:
     """Optuna distributions of the searched parameters (for warm starts and plots)."""
     out: dict[str, Any] = {}
     for name, p in space.params.items():
@@ -124,7 +124,7 @@ def optuna_distributions(space: SearchSpace) -> dict[str, Any]:
     return out
 
 
-def frozen_trials(space: SearchSpace, rows: list[TrialRow], *, include_pruned: bool = False
+def frozen_trials(space: StudySpec, rows: list[TrialRow], *, include_pruned: bool = False
                   ) -> list[Any]:
     """Finished trials as Optuna FrozenTrials in this space (outside-range points skipped)."""
 
@@ -156,7 +156,7 @@ def frozen_trials(space: SearchSpace, rows: list[TrialRow], *, include_pruned: b
     return out
 
 
-def optuna_study(space: SearchSpace, rows: list[TrialRow]) -> Any:
+def optuna_study(space: StudySpec, rows: list[TrialRow]) -> Any:
     """An in-memory Optuna study holding a finished study's trials (for plots and reports)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = [optuna.study.StudyDirection.MAXIMIZE if o.mode == "max"

@@ -34,16 +34,12 @@ from msdn_tune.space.params import Objective, ParamSpec
 from msdn_tune.space.schema import json_schema
 from msdn_tune.space.spec import StudySpec
 
-SearchSpace = StudySpec
-"""The former name of :class:`StudySpec`, kept while the rest of the package moves over."""
-
 __all__ = [
     "EPOCH_METRICS",
     "FORMAT_VERSION",
     "OBJECTIVE_METRICS",
     "Objective",
     "ParamSpec",
-    "SearchSpace",
     "StudySpec",
     "json_schema",
     "load_space",

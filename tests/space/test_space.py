@@ -18,7 +18,7 @@ from msdn_tune.errors import SpaceError
 from msdn_tune.integrations.optuna import define_by_run, make_sampler
 from msdn_tune.space import (
     OBJECTIVE_METRICS,
-    SearchSpace,
+    StudySpec,
     json_schema,
     load_space,
     parse_space,
@@ -671,7 +671,7 @@ def test_invalid_space_is_rejected_with_key_path(mutate, expected, monkeypatch):
 
 def test_base_doc_is_valid():
     space = parse_space(base_doc())
-    assert isinstance(space, SearchSpace) and len(space.params) == 5
+    assert isinstance(space, StudySpec) and len(space.params) == 5
 
 
 @pytest.mark.parametrize(
@@ -754,7 +754,7 @@ def test_cli_show_prints_resolved_yaml():
 # Optuna
 
 
-def _ask(space: SearchSpace, n: int, sampler=None) -> list[dict]:
+def _ask(space: StudySpec, n: int, sampler=None) -> list[dict]:
     study = optuna.create_study(
         sampler=sampler or make_sampler(space),
         directions=[o.mode + "imize" for o in space.objectives],

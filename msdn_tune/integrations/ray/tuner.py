@@ -19,7 +19,7 @@ import ray
 from rich.console import Console
 
 from msdn_tune.errors import MsdnTuneError
-from msdn_tune.space import SearchSpace
+from msdn_tune.space import StudySpec
 from msdn_tune.trials import TrialRow
 
 # Loggers: TUNE_DISABLE_AUTO_CALLBACK_LOGGERS, see `tune_loggers`.
@@ -70,7 +70,7 @@ def can_restore(path: str) -> bool:
     return bool(tune.Tuner.can_restore(path))
 
 
-def asha_scheduler(space: SearchSpace) -> Any:
+def asha_scheduler(space: StudySpec) -> Any:
     """The space's ASHA scheduler (None for `scheduler: {type: none}`), on our `epoch` clock.
 
     The space has already resolved and validated every option (watched metric and mode, grace
@@ -88,7 +88,7 @@ def asha_scheduler(space: SearchSpace) -> Any:
         brackets=int(sch["brackets"]))
 
 
-def build_tuner(space: SearchSpace, static: Any, *, exp_dir: Path, resume: bool,
+def build_tuner(space: StudySpec, static: Any, *, exp_dir: Path, resume: bool,
                 warm_rows: list[TrialRow] | None, console: Console,
                 ray_storage: str | None = None,
                 wind_down: Callable[[], None] | None = None) -> Any:
