@@ -1,6 +1,6 @@
 """The import: the published CUB / SUN / AWA2 / FLO files -> a benchmark store, streaming and safe.
 
-One concept, the resumable streaming copy into a store, and its two front ends
+One concept: the resumable streaming copy into a store, and its two front ends
 (:func:`import_hdf5`, :func:`import_mat`); hence the length. The source formats are read by
 :mod:`msdn_tune.data.sources`, the small arrays checked by :mod:`msdn_tune.data.splits`.
 

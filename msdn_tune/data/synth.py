@@ -23,6 +23,8 @@ actually present and useful, which a random tensor would not be:
 
 Generation is streamed in chunks of a fixed size derived from the spec (so the bytes never depend
 on memory settings), each chunk from its own seeded generator: the same seed gives the same bytes.
+
+One concept: the synthetic benchmark's generative model, from the spec to the written store.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ either as (V Wk) x (A·D MACs per region per map, after a batch-independent V Wk
 computes but never uses (W3 / A_p, the uniform-attention ablation logits, Pred_att, the
 B x A x D attribute features f, the B x R x vec features u) is computed here: s = Σ_r α_r S_r
 equals v_iᵀ W1 f_i exactly, so f is never needed.
+
+One concept: the MSDN / MSDN++ network, its attention and its published-checkpoint form.
 """
 
 from __future__ import annotations

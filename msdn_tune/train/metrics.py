@@ -13,6 +13,8 @@ ones give the same argmax up to a shift of the threshold, so one knob is enough.
 Everything works on numpy arrays or torch tensors (moved to CPU numpy) and is vectorised over
 samples: an 8k x 717 evaluation takes milliseconds, so the trainer can call it every epoch and
 :func:`tune_eval_settings` can search ``w1`` and ``gamma`` from stored logits without retraining.
+
+One concept: the ZSL / GZSL evaluation protocol (docs/model.md §5).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """BenchmarkStore: open, validate and read a benchmark store (mmap, preadv, madvise).
 
-One concept, reading, hence the length: opening checks every file against meta.json, and rows
+Reading is one concept, hence the length: opening checks every file against meta.json, and rows
 are read either through the memory map or with ``preadv`` so that resident memory stays at a few
 batches whatever the store size (the module docstring of :mod:`msdn_tune.data.store` says why).
+
+One concept: reading a store, from opening and verifying it to gathering rows fast.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A study's runs in MLflow: the driver's parent run and one child run per Tune trial.
 
-One concept, over 500 lines: the two sides of one protocol (who creates, reopens, tags, closes
+One concept: the two sides of one protocol (who creates, reopens, tags, closes
 and trashes which run) and the thread a trial's metrics leave by.
 
 Layout in MLflow (docs/search.md D): one experiment per study, one *parent* run per study
