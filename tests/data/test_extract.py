@@ -183,7 +183,7 @@ def test_resume_after_kill_and_incomplete_folders_are_refused(world, extracted, 
     code = textwrap.dedent(
         f"""
         import msdn_tune.data.extract as extract
-        from tests.data.interrupt import interrupt_after
+        from tests.helpers.interrupt import interrupt_after
         interrupt_after(extract, "_write_part", 1)  # SIGKILL once the first part is on disk
         extract.extract_features({str(world["root"])!r}, {str(world["res101"])!r}, "CUB",
                                  {str(out)!r}, weights={str(world["weights"])!r}, batch_size=4,

@@ -580,7 +580,7 @@ _DRIVER = textwrap.dedent(
     import torch  # converts dtypes inside the import: its fixed footprint is not what is bounded
     from msdn_tune.data.ingest import import_hdf5
     from msdn_tune.data.store import StoreWriter
-    from tests.data.interrupt import interrupt_after
+    from tests.helpers.interrupt import interrupt_after
 
     def status(key):
         text = Path("/proc/self/status").read_text()
@@ -694,7 +694,7 @@ def test_ctrl_c_keeps_the_partial_import_for_resume(tmp_path, bench):
         f"""
         import signal
         from msdn_tune.data.store import StoreWriter
-        from tests.data.interrupt import interrupt_after
+        from tests.helpers.interrupt import interrupt_after
         interrupt_after(StoreWriter, "write", 2, signal.SIGINT)  # Ctrl-C after the 2nd chunk
         from msdn_tune.cli import main
         main(["data", "import", "hdf5", {str(src)!r}, "--dataset", "CUB", "--out", {str(out)!r},
