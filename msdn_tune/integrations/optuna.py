@@ -144,6 +144,7 @@ def frozen_trials(space: StudySpec, rows: list[TrialRow], *, include_pruned: boo
                   if k in dists and v is not None and space.params[k].active(r.params)}
         try:
             for k, v in params.items():
+                # Distribution._contains: private API of optuna, checked against optuna 5.0.0
                 if not dists[k]._contains(dists[k].to_internal_repr(v)):
                     raise ValueError(k)
             complete = state == optuna.trial.TrialState.COMPLETE
