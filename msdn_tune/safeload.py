@@ -85,7 +85,11 @@ def parse_yaml(text: str, *, source: str, error: type[MsdnTuneError]) -> Any:
     The node graph is composed and measured first (depth, nodes with aliases expanded), so a bomb
     is refused before anything is built from it.
     """
-    loader = _StrictLoader(text)
+    try:
+        loader = _StrictLoader(text)
+    except yaml.reader.ReaderError as exc:  # the reader refuses control characters up front
+        raise error(f"{source}: invalid YAML: character #x{exc.character:04x} at position "
+                    f"{exc.position} is not allowed") from None
     try:
         try:
             node = loader.get_single_node()

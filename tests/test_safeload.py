@@ -27,6 +27,7 @@ def _bomb(levels: int = 9, width: int = 9) -> str:
     ("a: 1\nb: [\n", "line"),
     ("a: 1\na: 2\n", "duplicate key"),
     (_bomb(), "expands to more than"),
+    ("a: \x1b\n", "not allowed"),
 ])
 def test_hostile_yaml_is_one_error_with_its_place(text, needle):
     with pytest.raises(SpaceError) as info:
