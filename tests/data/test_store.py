@@ -459,6 +459,8 @@ def _rewrite_arrays(path: Path, **changes) -> None:
 
     def record(meta):
         for name, a in changes.items():
+            if name.startswith("split_"):
+                meta["split_sizes"][name[len("split_"):]] = len(a)
             meta["arrays"][name] = {
                 "shape": list(a.shape),
                 "dtype": str(a.dtype),
@@ -529,7 +531,8 @@ def test_meta_disagrees_with_features(store, edit, message):
 
 def test_row_count_disagrees(store):
     _edit_meta(store, lambda m: m.update(n_images=41))
-    with pytest.raises(DataError, match=r"labels has shape \(40,\), expected \(41,\)"):
+    with pytest.raises(DataError, match=r"'arrays.labels.shape' is \[40\], but n_images makes "
+                                        r"it \[41\]"):
         BenchmarkStore.open(store)
 
 
@@ -552,13 +555,14 @@ def test_labels_outside_class_range(store):
 
 def test_array_dtype_and_shape_disagree(store):
     _rewrite_arrays(store, labels=(np.arange(40) % N_CLASSES).astype(np.int32))
-    with pytest.raises(DataError, match="'labels' has dtype int32, expected int64"):
+    with pytest.raises(DataError, match="'arrays.labels.dtype' has 'int32', expected 'int64'"):
         BenchmarkStore.open(store)
 
 
 def test_class_attributes_shape_disagrees(store):
     _rewrite_arrays(store, class_attributes=np.ones((N_CLASSES, N_ATTR + 1), np.float32))
-    with pytest.raises(DataError, match=r"class_attributes has shape \(6, 6\), expected \(6, 5\)"):
+    with pytest.raises(DataError, match=r"'arrays.class_attributes.shape' is \[6, 6\], but "
+                                        r"\(n_classes, n_attributes\) makes it \[6, 5\]"):
         BenchmarkStore.open(store)
 
 
@@ -573,7 +577,7 @@ def test_array_changed_without_meta(store):
 
 def test_arrays_file_is_garbage(store):
     (store / "arrays.npz").write_bytes(b"not a zip file at all")
-    with pytest.raises(DataError, match="arrays.npz cannot be read"):
+    with pytest.raises(DataError, match="arrays.npz: not a valid arrays file"):
         BenchmarkStore.open(store)
 
 
@@ -586,7 +590,7 @@ def test_unknown_format_version(store):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("{not json", "not valid JSON"),
+        ("{not json", "line 1, column 2: invalid JSON"),
         ("[1, 2]", "JSON object"),
     ],
 )
