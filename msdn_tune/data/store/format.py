@@ -157,10 +157,15 @@ def _check_features_record(where: str, meta: dict[str, Any]) -> None:
 def _check_array_records(where: str, meta: dict[str, Any]) -> None:
     records = meta["arrays"]
     want = expected_arrays(meta["word_dim"])
-    if not isinstance(records, dict) or set(records) != set(want):
-        found = sorted(records) if isinstance(records, dict) else _kind(records)
-        raise DataError(f"{where}: key 'arrays' must describe exactly {sorted(want)}, got "
-                        f"{shorten(found)}")
+    if not isinstance(records, dict):
+        raise DataError(f"{where}: key 'arrays' must be a JSON object describing "
+                        f"{sorted(want)}, got {_kind(records)}")
+    missing, unknown = sorted(set(want) - set(records)), sorted(set(records) - set(want))
+    if missing or unknown:
+        which = (f"lacks {missing[0]!r}" if missing
+                 else f"has {shorten(unknown[0], 40)}, which is not")
+        raise DataError(f"{where}: key 'arrays' {which} one of the store's arrays (word_dim "
+                        f"{meta['word_dim']} makes them {len(want)})")
     shapes = {  # what each array's shape must be, and the keys that say so
         "labels": ([meta["n_images"]], "n_images"),
         "class_attributes": ([meta["n_classes"], meta["n_attributes"]],

@@ -136,7 +136,7 @@ def _read_member(path: Path, archive: zipfile.ZipFile, member: str, name: str,
                 raise DataError(f"{bad}: it holds pickled Python objects, which a store never "
                                 "does (they are not loaded)")
             if have_dtype != dtype:
-                raise DataError(f"{path}: array {name!r} has dtype {shorten(str(have_dtype))}, "
+                raise DataError(f"{path}: array {name!r} has dtype {str(have_dtype)[:40]}, "
                                 f"expected {dtype}")
             if tuple(have_shape) != shape:
                 raise DataError(f"{path}: array {name!r} has shape {shorten(list(have_shape))}, "
@@ -148,8 +148,9 @@ def _read_member(path: Path, archive: zipfile.ZipFile, member: str, name: str,
     except (ValueError, EOFError, OSError, zipfile.BadZipFile, NotImplementedError) as exc:
         raise DataError(f"{bad} ({_one_line(exc)})") from None
     if len(data) != nbytes:
-        raise DataError(f"{path}: array {name!r} holds {len(data):,} data bytes, its header "
-                        f"says {nbytes:,}")
+        held = "more" if len(data) > nbytes else f"{len(data):,}"
+        raise DataError(f"{path}: array {name!r} holds {held} data bytes, its header says "
+                        f"{nbytes:,}")
     array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C").copy()
     if array_sha256(array) != record["sha256"]:
         raise DataError(f"{path}: array {name!r} is corrupted (SHA-256 differs from meta.json)")
