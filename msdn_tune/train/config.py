@@ -123,9 +123,8 @@ class TrainConfig:
         """Check every field's type and range however the config was made (see the module)."""
         for name, kind in FIELD_TYPES.items():
             value = getattr(self, name)
-            typed = _coerce(name, value) if not _exact(value, kind) else value
-            if kind is float and not isinstance(typed, float):
-                typed = _coerce(name, typed)
+            # floats always: NaN and inf are floats too
+            typed = _coerce(name, value) if kind is float or not _exact(value, kind) else value
             if typed is not value:
                 object.__setattr__(self, name, typed)
         self.validate()
