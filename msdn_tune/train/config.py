@@ -318,5 +318,7 @@ def parse_set_options(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
         if not _KEY.fullmatch(key):
             raise ConfigError(f"--set {shorten(key)}: not a setting name (letters, digits and _, "
                               "at most 64)")
+        if not raw.isprintable():  # PyYAML's reader refuses them with its own error
+            raise ConfigError(f"--set {key}: the value {shorten(raw)} holds a control character")
         out[key] = parse_yaml(raw, source=f"--set {key}", error=ConfigError) if raw.strip() else ""
     return out
