@@ -4,27 +4,45 @@ Defaults per dataset equal the settings of the published MSDN training scripts
 (docs/model.md §3), so `TrainConfig.for_dataset("cub")` reproduces the published CUB
 recipe and a search only has to say what it changes. Unknown keys and out-of-range values are
 rejected with a message naming the key, because a silently ignored typo in a search space wastes a
-whole study.
+whole study. A `TrainConfig` checks itself when it is made (however it is made: `from_dict`,
+`replace`, a space file's `fixed:` section, a checkpoint's config), and every number is bounded
+where anything downstream has a bound (:data:`BOUNDS`), so a value that would only fail in the
+middle of a run (a seed torch refuses, 2**70 threads) is refused up front with its key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-import yaml
-
 from msdn_tune.errors import ConfigError
 from msdn_tune.model.interventions import INTERVENTIONS
+from msdn_tune.safeload import parse_yaml, shorten
 
 DATASETS = ("cub", "sun", "awa2", "flo", "synthetic")
 OPTIMIZERS = ("rmsprop", "adam")
 SAMPLERS = ("uniform", "balanced")
 PRECISIONS = ("fp32", "bf16")
 SELECTIONS = ("official", "clean")
+
+MAX_SEED = 2**32 - 1
+"""Largest seed: the range numpy, torch and Optuna all accept."""
+MAX_THREADS = 1024
+"""Most torch CPU threads (torch.set_num_threads takes a C int; no machine has more cores)."""
+MAX_EPOCHS = 100_000
+MAX_BATCH = 1 << 16
+"""Largest training or evaluation batch (65,536 feature maps: far past any GPU's memory)."""
+MAX_WEIGHT = 1e6
+"""Largest margin, |gamma|, kappa or attention temperature: they enter float32 logits directly,
+and far larger values only overflow them (3.4e38)."""
+MIN_TEMP = 1e-6
+"""Smallest attention temperature: logits divided by less overflow float32."""
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 # Published settings (MSDN_cub.py / MSDN_sun.py / MSDN_awa2.py). FLO has no official script: it
 # uses CUB's optimiser settings with re-normalised random attribute vectors (reference §2.3).
@@ -101,6 +119,16 @@ class TrainConfig:
     """torch CPU threads; 0 = the CPUs this process may use."""
 
     # ----------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        """Check every field's type and range however the config was made (see the module)."""
+        for name, kind in FIELD_TYPES.items():
+            value = getattr(self, name)
+            # floats always: NaN and inf are floats too
+            typed = _coerce(name, value) if kind is float or not _exact(value, kind) else value
+            if typed is not value:
+                object.__setattr__(self, name, typed)
+        self.validate()
+
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         """Public setting names (what search spaces and `--set` may use)."""
@@ -110,7 +138,8 @@ class TrainConfig:
     def for_dataset(cls, dataset: str) -> TrainConfig:
         """The published recipe for a dataset."""
         if dataset not in DATASETS:
-            raise ConfigError(f"dataset: unknown dataset {dataset!r}; expected one of {DATASETS}")
+            raise ConfigError(f"dataset: unknown dataset {shorten(dataset)}; expected one of "
+                              f"{DATASETS}")
         return cls(dataset=dataset, **_PUBLISHED[dataset])
 
     @classmethod
@@ -119,19 +148,25 @@ class TrainConfig:
 
         The dataset comes from `values["dataset"]`, else the `dataset` argument, else cub.
         """
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"settings: expected a mapping of setting names to values "
+                              f"(got {shorten(values)})")
         names = set(cls.field_names())
         for key in values:
             if key not in names:
-                hint = difflib.get_close_matches(str(key), sorted(names), n=1)
+                hint = (difflib.get_close_matches(key, sorted(names), n=1)
+                        if isinstance(key, str) and len(key) <= 64 else [])
                 extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise ConfigError(f"{key}: unknown setting{extra}; known settings: "
+                shown = key if isinstance(key, str) and _KEY.fullmatch(key) else shorten(key, 40)
+                raise ConfigError(f"{shown}: unknown setting{extra}; known settings: "
                                   f"{', '.join(sorted(names))}")
         ds = values.get("dataset", dataset or "cub")
-        base = cls.for_dataset(str(ds))
+        if not isinstance(ds, str):
+            raise ConfigError(f"dataset: expected one of {', '.join(DATASETS)} "
+                              f"(got {shorten(ds)})")
+        base = cls.for_dataset(ds)
         typed = {k: _coerce(k, v) for k, v in values.items()}
-        cfg = dataclasses.replace(base, **typed)
-        cfg.validate()
-        return cfg
+        return dataclasses.replace(base, **typed)
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with some settings changed."""
@@ -145,25 +180,12 @@ class TrainConfig:
         """Reject out-of-range values with a message naming the key."""
         for name, options in FIELD_CHOICES.items():
             _choice(name, getattr(self, name), options)
-        _range("lr", self.lr, low=0.0, high=1.0, low_open=True)
-        _range("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
-        _range("w1", self.w1, low=0.0, high=1.0)
-        for name in ("weight_decay", "lambda_sc", "lambda_d", "lambda_causal", "lambda_ar",
-                     "margin", "kappa"):
-            _range(name, getattr(self, name), low=0.0)
-        for name in ("temp_ava", "temp_vaa"):
-            _range(name, getattr(self, name), low=0.0, low_open=True)
-        for name in ("batch_size", "epochs", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be >= 1 (got {getattr(self, name)})")
-        if self.batch_size < 2:  # the sampler skips one-image batches: nothing would train
-            raise ConfigError(f"batch_size: must be >= 2 (got {self.batch_size})")
-        if self.seed < 0:  # numpy's seed sequence (batch order) takes non-negative seeds only
-            raise ConfigError(f"seed: must be >= 0 (got {self.seed})")
-        if self.threads < 0:
-            raise ConfigError(f"threads: must be >= 0 (got {self.threads})")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N (got {self.device!r})")
+        for name, (low, high, low_open, high_open) in BOUNDS.items():
+            _range(name, getattr(self, name), low=low, high=high, low_open=low_open,
+                   high_open=high_open)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d{1,4})?", self.device):
+            raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N "
+                              f"(got {shorten(self.device)})")
         if self.lambda_causal > 0 and self.intervention == "none":
             raise ConfigError("lambda_causal: a causal loss needs an intervention "
                               "(set intervention to random, uniform or shuffle)")
@@ -178,6 +200,28 @@ FIELD_TYPES: dict[str, type] = {
 }
 """Each setting's Python type (str, float, int or bool): what YAML and `--set` values become."""
 
+BOUNDS: dict[str, tuple[int | float, int | float, bool, bool]] = {
+    "lr": (0.0, 1.0, True, False),
+    "momentum": (0.0, 1.0, False, True),
+    "w1": (0.0, 1.0, False, False),
+    # loss weights scale a loss (too large a one diverges at the first step, which a run
+    # reports): finite is enough; margin, gamma and kappa enter float32 logits directly
+    **{name: (0.0, math.inf, False, False)
+       for name in ("weight_decay", "lambda_sc", "lambda_d", "lambda_causal", "lambda_ar")},
+    "margin": (0.0, MAX_WEIGHT, False, False),
+    "kappa": (0.0, MAX_WEIGHT, False, False),
+    "gamma": (-MAX_WEIGHT, MAX_WEIGHT, False, False),
+    "temp_ava": (MIN_TEMP, MAX_WEIGHT, False, False),
+    "temp_vaa": (MIN_TEMP, MAX_WEIGHT, False, False),
+    # the sampler skips one-image batches: with batch_size 1 nothing would train
+    "batch_size": (2, MAX_BATCH, False, False),
+    "eval_batch_size": (1, MAX_BATCH, False, False),
+    "epochs": (1, MAX_EPOCHS, False, False),
+    "seed": (0, MAX_SEED, False, False),
+    "threads": (0, MAX_THREADS, False, False),
+}
+"""Every numeric setting's range: (low, high, low excluded, high excluded)."""
+
 FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": DATASETS,
     "optimizer": OPTIMIZERS,
@@ -189,6 +233,13 @@ FIELD_CHOICES: dict[str, tuple[str, ...]] = {
 """The enumerated settings and their values, as `validate` checks them."""
 
 
+def _exact(value: Any, kind: type) -> bool:
+    """Whether `value` already is a `kind` (a bool is not an int here)."""
+    if kind is not bool and isinstance(value, bool):
+        return False
+    return isinstance(value, kind)
+
+
 def _coerce(key: str, value: Any) -> Any:
     """Coerce YAML/CLI values to the field's type, rejecting what does not fit."""
     kind = FIELD_TYPES[key]
@@ -197,38 +248,42 @@ def _coerce(key: str, value: Any) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{key}: expected true or false (got {value!r})")
+        raise ConfigError(f"{key}: expected true or false (got {shorten(value)})")
     if kind is int:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer (got {value!r})")
+            raise ConfigError(f"{key}: expected an integer (got {shorten(value)})")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        if isinstance(value, str):
+        if isinstance(value, str) and len(value) <= 64:
             try:
                 return int(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected an integer (got {value!r})")
+        raise ConfigError(f"{key}: expected an integer (got {shorten(value)})")
     if kind is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number (got {value!r})")
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"{key}: expected a number (got {shorten(value)})")
+        if isinstance(value, str) and len(value) > 64:
+            raise ConfigError(f"{key}: expected a number (got {shorten(value)})")
         try:
             out = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a number (got {value!r})") from None
-        if out != out or out in (float("inf"), float("-inf")):
-            raise ConfigError(f"{key}: must be finite (got {value!r})")
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number (got {shorten(value)})") from None
+        except OverflowError:  # an int past float's range (e.g. 1 followed by 400 zeros)
+            raise ConfigError(f"{key}: must be finite (got {shorten(value)})") from None
+        if not math.isfinite(out):
+            raise ConfigError(f"{key}: must be finite (got {shorten(value)})")
         return out
     if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string (got {value!r})")
+        raise ConfigError(f"{key}: expected a string (got {shorten(value)})")
     return value
 
 
 def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
     if value not in options:
-        raise ConfigError(f"{key}: expected one of {', '.join(options)} (got {value!r})")
+        raise ConfigError(f"{key}: expected one of {', '.join(options)} (got {shorten(value)})")
 
 
 def _range(key: str, value: float, *, low: float | None = None, high: float | None = None,
@@ -238,21 +293,32 @@ def _range(key: str, value: float, *, low: float | None = None, high: float | No
     if bad_low or bad_high:
         lo = "(" if low_open else "["
         hi = ")" if high_open else "]"
-        lo_s = "-inf" if low is None else f"{low:g}"
-        hi_s = "inf" if high is None else f"{high:g}"
-        raise ConfigError(f"{key}: must be in {lo}{lo_s}, {hi_s}{hi} (got {value!r})")
+        lo_s = "-inf" if low is None else _bound(low)
+        hi_s = "inf" if high is None or high == math.inf else _bound(high)
+        raise ConfigError(f"{key}: must be in {lo}{lo_s}, {hi_s}{hi} (got {shorten(value)})")
+
+
+def _bound(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 def parse_set_options(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
-    """Parse `--set key=value` pairs; values are YAML scalars (1e-4, true, rmsprop)."""
+    """Parse `--set key=value` pairs; values are YAML scalars (1e-4, true, rmsprop).
+
+    Values are read by the safe loader (msdn_tune.safeload), so an impossible date, a
+    5,000-digit integer or an alias bomb is one ConfigError naming the option; whether the value
+    fits the setting is TrainConfig's to say.
+    """
     out: dict[str, Any] = {}
     for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"--set {pair!r}: expected key=value")
-        key, raw = pair.split("=", 1)
+        key, eq, raw = pair.partition("=")
         key = key.strip()
-        try:
-            out[key] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            out[key] = raw
+        if not eq or not key:
+            raise ConfigError(f"--set {shorten(pair)}: expected key=value")
+        if not _KEY.fullmatch(key):
+            raise ConfigError(f"--set {shorten(key)}: not a setting name (letters, digits and _, "
+                              "at most 64)")
+        if not raw.isprintable():  # PyYAML's reader refuses them with its own error
+            raise ConfigError(f"--set {key}: the value {shorten(raw)} holds a control character")
+        out[key] = parse_yaml(raw, source=f"--set {key}", error=ConfigError) if raw.strip() else ""
     return out

@@ -5,7 +5,10 @@ serves the CLI (`fit`), the Ray Tune trainable (report + checkpoint after every 
 Everything needed to continue a run exactly where it stopped lives in `state_dict()`: model,
 optimizer, epoch, best metrics and best weights, RNG states and the config. Batch order and
 counterfactual noise are seeded per epoch from (seed, epoch), so a resumed run draws the same
-batches as an uninterrupted one.
+batches as an uninterrupted one. A checkpoint is checked whole (keys, types, every tensor's shape
+against this run's model, optimizer and split) before any of it is loaded.
+
+One concept: one training run, from its first batch to its checkpoint and back.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ from __future__ import annotations
 import copy
 import math
 import os
+import pickle
 import time
+import warnings
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -27,7 +33,8 @@ from msdn_tune.data.store import BenchmarkStore
 from msdn_tune.errors import ConfigError, DataError, DivergenceError
 from msdn_tune.model.losses import LossWeights, margin_vector, msdn_loss
 from msdn_tune.model.msdn import MSDN
-from msdn_tune.train.config import TrainConfig
+from msdn_tune.safeload import shorten
+from msdn_tune.train.config import MAX_EPOCHS, TrainConfig
 from msdn_tune.train.metrics import EvalLogits, evaluate_logits, tune_eval_settings
 
 CHECKPOINT_VERSION = 1
@@ -40,7 +47,11 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device: {name!r} requested but CUDA is not available here")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device: {name!r} requested but this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def default_threads() -> int:
@@ -378,37 +389,133 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a `state_dict()`; the config must match the run's."""
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise DataError(f"checkpoint version {state.get('version')!r} is not supported "
-                            f"(expected {CHECKPOINT_VERSION})")
-        self._check_benchmark(state.get("benchmark") or {})
-        was = (state.get("config") or {}).get("selection", self.cfg.selection)
+        """Continue from a `state_dict()`; the config must match the run's.
+
+        Everything is checked before anything is loaded (keys and types by
+        :func:`check_checkpoint`, then every tensor's shape against this trainer's model,
+        optimizer and split), so a checkpoint that does not fit is one DataError naming the
+        file and the key, never a KeyError or a size-mismatch RuntimeError from torch, and a
+        refused checkpoint leaves the trainer as it was.
+        """
+        where = str(getattr(state, "source", "checkpoint"))
+        state = check_checkpoint(state, where)
+        self._check_benchmark(state["benchmark"])
+        was = state["config"].get("selection", self.cfg.selection)
         if was != self.cfg.selection:  # best-so-far metrics and logits belong to the old split
             raise ConfigError(f"selection: the checkpoint's run selects with {was!r}; it cannot "
                               f"continue as {self.cfg.selection!r} (start a new run instead)")
+        want = self.model.state_dict()
+        check_weights(where, "model", state["model"], want)
+        if state["best_state"] is not None:
+            check_weights(where, "best_state", state["best_state"], want)
+        optimizer = self._checked_optimizer(where, state["optimizer"])
+        lg = state["best_logits"]
+        if lg is not None:
+            self._check_logits(where, lg)
+        rng = state["rng"]["torch"]
+        if rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
+            raise DataError(f"{where}: checkpoint key 'rng.torch' is not torch's generator state "
+                            f"(a uint8 tensor of {torch.get_rng_state().numel()} bytes)")
+
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(optimizer)
         self.epoch = int(state["epoch"])
         self.best = {k: float(v) for k, v in state["best"].items()}
         self.best_state = state["best_state"]
-        lg = state.get("best_logits")
         if lg is not None:
             self.best_logits = EvalLogits(
                 **{k: lg[k].numpy() for k in EvalLogits._ARRAYS}, margin=self.cfg.margin,
                 candidates=self.select_split.candidates)
-        self.history = list(state.get("history", []))
-        torch.set_rng_state(state["rng"]["torch"])
+        self.history = list(state["history"])
+        torch.set_rng_state(rng)
+
+    def _checked_optimizer(self, where: str, saved: dict[str, Any]) -> dict[str, Any]:
+        """The optimizer state to load: the saved per-parameter state, checked against this
+        run's parameters and optimizer, under this run's parameter groups.
+
+        The groups (lr, momentum, ...) follow from the config, so they are taken from it and
+        not from the file; a per-parameter entry must have the optimizer's keys (RMSprop's
+        state is not Adam's) with each tensor shaped like its parameter, or the first step
+        would fail with a KeyError or a size mismatch.
+        """
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        groups, entries = saved.get("param_groups"), saved.get("state")
+        if not isinstance(groups, list) or not isinstance(entries, dict):
+            raise DataError(f"{where}: checkpoint key 'optimizer' is not an optimizer's state "
+                            "(needs 'state' and 'param_groups')")
+        counts = [len(g["params"]) if isinstance(g, dict) and isinstance(g.get("params"), list)
+                  else -1 for g in groups]
+        if sum(counts) != len(params) or -1 in counts:
+            raise DataError(f"{where}: the optimizer state was saved for another model "
+                            f"({shorten(counts)} parameters in its groups, this model has "
+                            f"{len(params)})")
+        need = {"rmsprop": {"step", "square_avg"} | ({"momentum_buffer"}
+                                                    if self.cfg.momentum > 0 else set()),
+                "adam": {"step", "exp_avg", "exp_avg_sq"}}[self.cfg.optimizer]
+        checked: dict[int, dict[str, Any]] = {}
+        for index, entry in entries.items():
+            if not _is_int(index) or not 0 <= index < len(params) or not isinstance(entry, dict):
+                raise DataError(f"{where}: checkpoint key 'optimizer.state' has an entry "
+                                f"{shorten(index)} that is not one of the model's "
+                                f"{len(params)} parameters")
+            if not entry:
+                continue
+            lacking = sorted(need - set(entry))
+            if lacking:
+                raise DataError(f"{where}: the optimizer state of parameter {index} lacks "
+                                f"{lacking[0]!r}: it is not the state of {self.cfg.optimizer} "
+                                f"with momentum={self.cfg.momentum} (the run's optimizer and "
+                                "momentum cannot change on resume)")
+            for name, value in entry.items():
+                key = f"optimizer.state.{index}.{name}"
+                if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+                    raise DataError(f"{where}: checkpoint key {shorten(key)} is not a tensor")
+                want = () if name == "step" else tuple(params[index].shape)
+                if tuple(value.shape) != want or not _finite_tensor(value):
+                    raise DataError(f"{where}: checkpoint key {shorten(key)} has shape "
+                                    f"{list(value.shape)} and dtype {value.dtype}, expected "
+                                    f"finite values of shape {list(want)}")
+                if name == "step" and not 0 <= float(value) <= 2**53:
+                    raise DataError(f"{where}: checkpoint key {key!r} is {float(value)}, "
+                                    "expected a step count")
+            checked[index] = dict(entry)
+        out = self.optimizer.state_dict()
+        out["state"] = checked
+        return out
+
+    def _check_logits(self, where: str, lg: dict[str, Any]) -> None:
+        """The best epoch's logits must be those of this run's split: their labels and
+        classes are the split's, their logits finite rows over this benchmark's classes."""
+        split = self.select_split
+        labels = self.bench.labels
+        exact = {"y_seen": labels[split.eval_seen], "y_unseen": labels[split.eval_unseen],
+                 "seen": split.seen, "unseen": split.unseen}
+        rows = {"z_ava_seen": len(split.eval_seen), "z_vaa_seen": len(split.eval_seen),
+                "z_ava_unseen": len(split.eval_unseen), "z_vaa_unseen": len(split.eval_unseen)}
+        for name in EvalLogits._ARRAYS:
+            value = lg[name]
+            key = f"best_logits.{name}"
+            if name in exact:
+                same = (value.dtype in (torch.int64, torch.int32) and value.ndim == 1
+                        and np.array_equal(value.numpy(), np.asarray(exact[name])))
+                if not same:
+                    raise DataError(f"{where}: checkpoint key {key!r} does not match the "
+                                    f"{name.replace('_', ' ')} of {self.bench.path}'s split")
+                continue
+            want = (rows[name], self.bench.n_classes)
+            if tuple(value.shape) != want or not _finite_tensor(value):
+                raise DataError(f"{where}: checkpoint key {key!r} has shape {list(value.shape)}, "
+                                f"expected finite logits of shape {list(want)}")
 
     def _check_benchmark(self, meta: dict[str, Any]) -> None:
         """A checkpoint only fits a benchmark of the same shapes: say so, not a size-mismatch
         traceback from torch (e.g. `train --resume` with another `--data`)."""
         for key in ("n_classes", "n_attributes", "channels"):
             have = getattr(self.bench, key)
-            if key in meta and int(meta[key]) != have:
+            if key in meta and meta[key] != have:
                 raise DataError(f"checkpoint trained with {key}={meta[key]} (benchmark "
-                                f"{meta.get('path', '?')}) does not fit {self.bench.path}, which "
-                                f"has {key}={have}")
+                                f"{shorten(meta.get('path', '?'))}) does not fit "
+                                f"{self.bench.path}, which has {key}={have}")
 
     def save(self, path: str | Path) -> Path:
         """Write the full state atomically (temp file + rename)."""
@@ -424,26 +531,190 @@ class Trainer:
                         overrides: dict[str, Any] | None = None) -> Trainer:
         """Rebuild a trainer from a checkpoint file and continue (or evaluate) it."""
         state = load_checkpoint(path)
-        cfg = TrainConfig.from_dict({**state["config"], **(overrides or {})})
+        cfg = checkpoint_config(state, overrides)
         trainer = cls(cfg, bench)
         trainer.load_state_dict(state)
         return trainer
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read one of our checkpoints safely (weights_only) with a clear error when it is not."""
+class Checkpoint(dict[str, Any]):
+    """A checkpoint's state as :func:`load_checkpoint` read it: a plain dict that also knows
+    its file (``source``), so that later checks name the file."""
+
+    source: str = "checkpoint"
+
+
+CHECKPOINT_KEYS: dict[str, tuple[type, ...]] = {
+    "version": (int,), "config": (dict,), "benchmark": (dict,), "epoch": (int,),
+    "model": (dict,), "optimizer": (dict,), "best": (dict,), "best_state": (dict, type(None)),
+    "best_logits": (dict, type(None)), "history": (list,), "rng": (dict,),
+}
+"""Every key of a checkpoint (what :meth:`Trainer.state_dict` writes) and its types."""
+
+BEST_KEYS = (*(f"best/{k}" for k in EVAL_METRICS), "best/epoch")
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read one of our checkpoints safely (weights_only) with a clear error when it is not.
+
+    A file torch cannot load with ``weights_only=True`` (text, random bytes, a pickle of
+    arbitrary objects) is one line, never torch's advice to load it unsafely; what it holds is
+    then checked by :func:`check_checkpoint`.
+    """
     path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-    if not path.exists():
-        raise DataError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.is_dir():
+            path = path / "checkpoint.pt"
+        found = path.is_file()
+    except OSError as exc:
+        raise DataError(f"{shorten(str(path))}: cannot read the checkpoint "
+                        f"({exc.strerror or exc})") from None
+    if not found:
+        raise DataError(f"{shorten(str(path))}: checkpoint not found")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        raise DataError(f"{path}: not a msdn-tune checkpoint (not a file that torch.save "
+                        "writes)")
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise on stderr
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        reason = ("it is not a file torch.save wrote, or it holds Python objects beyond "
+                  "tensors and plain data, which are never loaded")
+        raise DataError(f"{path}: not a msdn-tune checkpoint ({reason})") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise DataError(f"{path}: not a readable msdn-tune checkpoint ({exc})") from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise DataError(f"{path}: not an msdn-tune checkpoint (missing model/config)")
+        detail = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise DataError(f"{path}: not a msdn-tune checkpoint (torch cannot read it: "
+                        f"{detail})") from None
+    out = Checkpoint(check_checkpoint(state, str(path)))
+    out.source = str(path)
+    return out
+
+
+def check_checkpoint(state: object, where: str) -> dict[str, Any]:
+    """``state`` if it has every checkpoint key with the right type, else DataError.
+
+    What needs no model is checked here: the keys and their types, the version, the config
+    (a valid :class:`TrainConfig`), the benchmark's record, the epoch, that weights are
+    tensors, the best-so-far metrics and the history. :meth:`Trainer.load_state_dict` then
+    checks shapes against the model that the config and the benchmark make.
+    """
+    if not isinstance(state, dict):
+        raise DataError(f"{where}: not a msdn-tune checkpoint (it holds {_kind(state)}, not a "
+                        "dictionary)")
+    for key, types in CHECKPOINT_KEYS.items():
+        if key not in state:
+            raise DataError(f"{where}: not a msdn-tune checkpoint (key {key!r} is missing)")
+        value = state[key]
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise DataError(f"{where}: checkpoint key {key!r} has {_kind(value)}, expected "
+                            f"{' or '.join(_TYPE_WORDS[t] for t in types)}")
+    if state["version"] != CHECKPOINT_VERSION:
+        raise DataError(f"{where}: checkpoint version {shorten(state['version'])} is not "
+                        f"supported (expected {CHECKPOINT_VERSION})")
+    try:
+        TrainConfig.from_dict(state["config"])
+    except ConfigError as exc:
+        raise DataError(f"{where}: the checkpoint's config is invalid: {exc}") from None
+    bench = state["benchmark"]
+    for key in ("dataset", "path"):
+        if not isinstance(bench.get(key), str):
+            raise DataError(f"{where}: checkpoint key 'benchmark.{key}' has "
+                            f"{shorten(bench.get(key))}, expected a string")
+    for key in ("n_classes", "n_attributes", "channels"):
+        if not (_is_int(bench.get(key)) and 1 <= bench[key] <= 2**31 - 1):
+            raise DataError(f"{where}: checkpoint key 'benchmark.{key}' has "
+                            f"{shorten(bench.get(key))}, expected a positive integer")
+    if not 0 <= state["epoch"] <= MAX_EPOCHS:
+        raise DataError(f"{where}: checkpoint key 'epoch' has {shorten(state['epoch'])}, "
+                        f"expected 0 to {MAX_EPOCHS}")
+    for key in ("model", "best_state"):
+        weights = state[key]
+        if weights is None:
+            continue
+        bad = next((k for k, v in weights.items()
+                    if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+        if bad is not None:
+            raise DataError(f"{where}: checkpoint key '{key}.{shorten(bad, 40)}' is not a "
+                            "tensor")
+    best = state["best"]
+    if set(best) != set(BEST_KEYS) or not all(_real(v) for v in best.values()):
+        raise DataError(f"{where}: checkpoint key 'best' must hold finite numbers for exactly "
+                        f"{list(BEST_KEYS)}, got {shorten(best)}")
+    logits = state["best_logits"]
+    if logits is not None:
+        for name in EvalLogits._ARRAYS:
+            value = logits.get(name)
+            if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
+                raise DataError(f"{where}: checkpoint key 'best_logits.{name}' has "
+                                f"{_kind(value)}, expected a tensor")
+    history = state["history"]
+    if len(history) > MAX_EPOCHS or not all(
+            isinstance(m, dict) and all(isinstance(k, str) and _number(v) for k, v in m.items())
+            for m in history):
+        raise DataError(f"{where}: checkpoint key 'history' must be a list of per-epoch "
+                        "metrics (names to numbers)")
+    rng = state["rng"].get("torch")
+    if not isinstance(rng, torch.Tensor):
+        raise DataError(f"{where}: checkpoint key 'rng.torch' has {_kind(rng)}, expected "
+                        "torch's generator state")
     return state
+
+
+def checkpoint_config(state: dict[str, Any], overrides: dict[str, Any] | None = None
+                      ) -> TrainConfig:
+    """The config of a checked checkpoint with `overrides` on top (ConfigError names the key)."""
+    return TrainConfig.from_dict({**state["config"], **(overrides or {})})
+
+
+_TYPE_WORDS = {int: "an integer", dict: "a dictionary", list: "a list", type(None): "None"}
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {list(value.shape)}"
+    return {dict: "a dictionary", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number", type(None): "None",
+            tuple: "a tuple"}.get(type(value), f"a {type(value).__name__}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _real(value: object) -> bool:
+    return _number(value) and math.isfinite(value)  # type: ignore[arg-type]
+
+
+def _finite_tensor(t: torch.Tensor) -> bool:
+    """A dense floating tensor with only finite values."""
+    return (t.layout == torch.strided and t.is_floating_point()
+            and bool(torch.isfinite(t).all()))
+
+
+def check_weights(where: str, what: str, have: dict[str, Any],
+                   want: dict[str, torch.Tensor]) -> None:
+    """`have` must hold exactly `want`'s names, each a finite tensor of the same shape and
+    dtype: what `model.load_state_dict` would otherwise fail on with a size mismatch."""
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing or extra:
+        name = missing[0] if missing else extra[0]
+        says = "lacks" if missing else "has an unknown tensor"
+        raise DataError(f"{where}: checkpoint key {what!r} {says} {shorten(name, 40)}: it is not "
+                        "the weights of the model its config and the benchmark make")
+    for name, ref in want.items():
+        value = have[name]
+        if tuple(value.shape) != tuple(ref.shape) or value.dtype != ref.dtype:
+            raise DataError(f"{where}: checkpoint key '{what}.{name}' has shape "
+                            f"{list(value.shape)} ({value.dtype}), the model needs "
+                            f"{list(ref.shape)} ({ref.dtype})")
+        if not _finite_tensor(value):
+            raise DataError(f"{where}: checkpoint key '{what}.{name}' holds NaN or inf (or is "
+                            "not a dense floating tensor)")
 
 
 def evaluate_run(trainer: Trainer, *, use_best: bool = True) -> dict[str, Any]:

@@ -93,3 +93,32 @@ def test_concurrent_first_use_agrees_on_one_store(tmp_path):
     assert outs[0].startswith(str(tmp_path / "tiny-seed7-v1"))
     leftovers = [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
     assert leftovers == []
+
+
+# issue 14: `--data` values that cannot name anything were an OSError traceback
+@pytest.mark.parametrize(
+    "spec, needle",
+    [
+        ("x" * 300, "longer than the 255 bytes"),
+        ("dir/" + "y" * 256 + "/store", "longer than the 255 bytes"),
+        ("z" * 5000, "longer than any path"),
+        ("a\0b", "NUL"),
+        ("   ", "empty"),
+        ("tiny@seed=" + "9" * 30, "seed must be from 0 to 4294967295"),
+    ],
+    ids=["300-character name", "long part", "5000 characters", "NUL", "blank", "huge seed"],
+)
+def test_impossible_data_values_are_one_line(tmp_path, spec, needle):
+    from click.testing import CliRunner
+
+    from msdn_tune.cli import main
+
+    with pytest.raises(DataError, match=needle):
+        resolve_benchmark(spec, cache_dir=tmp_path)
+    for args in (["data", "info", spec], ["train", "--data", spec, "--out", str(tmp_path / "r")]):
+        res = CliRunner().invoke(main, args, env={"MSDN_TUNE_CACHE": str(tmp_path / "cache")})
+        assert res.exit_code == 2, res.output
+        assert res.exception is None or isinstance(res.exception, SystemExit)
+        errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and needle in errors[0] and len(errors[0]) < 300, res.output
+    assert not (tmp_path / "r").exists()

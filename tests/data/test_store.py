@@ -459,6 +459,8 @@ def _rewrite_arrays(path: Path, **changes) -> None:
 
     def record(meta):
         for name, a in changes.items():
+            if name.startswith("split_"):
+                meta["split_sizes"][name[len("split_"):]] = len(a)
             meta["arrays"][name] = {
                 "shape": list(a.shape),
                 "dtype": str(a.dtype),
@@ -529,7 +531,8 @@ def test_meta_disagrees_with_features(store, edit, message):
 
 def test_row_count_disagrees(store):
     _edit_meta(store, lambda m: m.update(n_images=41))
-    with pytest.raises(DataError, match=r"labels has shape \(40,\), expected \(41,\)"):
+    with pytest.raises(DataError, match=r"'arrays.labels.shape' is \[40\], but n_images makes "
+                                        r"it \[41\]"):
         BenchmarkStore.open(store)
 
 
@@ -552,13 +555,14 @@ def test_labels_outside_class_range(store):
 
 def test_array_dtype_and_shape_disagree(store):
     _rewrite_arrays(store, labels=(np.arange(40) % N_CLASSES).astype(np.int32))
-    with pytest.raises(DataError, match="'labels' has dtype int32, expected int64"):
+    with pytest.raises(DataError, match="'arrays.labels.dtype' has 'int32', expected 'int64'"):
         BenchmarkStore.open(store)
 
 
 def test_class_attributes_shape_disagrees(store):
     _rewrite_arrays(store, class_attributes=np.ones((N_CLASSES, N_ATTR + 1), np.float32))
-    with pytest.raises(DataError, match=r"class_attributes has shape \(6, 6\), expected \(6, 5\)"):
+    with pytest.raises(DataError, match=r"'arrays.class_attributes.shape' is \[6, 6\], but "
+                                        r"\(n_classes, n_attributes\) makes it \[6, 5\]"):
         BenchmarkStore.open(store)
 
 
@@ -573,7 +577,7 @@ def test_array_changed_without_meta(store):
 
 def test_arrays_file_is_garbage(store):
     (store / "arrays.npz").write_bytes(b"not a zip file at all")
-    with pytest.raises(DataError, match="arrays.npz cannot be read"):
+    with pytest.raises(DataError, match="arrays.npz: not a valid arrays file"):
         BenchmarkStore.open(store)
 
 
@@ -586,7 +590,7 @@ def test_unknown_format_version(store):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("{not json", "not valid JSON"),
+        ("{not json", "line 1, column 2: invalid JSON"),
         ("[1, 2]", "JSON object"),
     ],
 )
@@ -624,3 +628,137 @@ def test_unwritable_location_is_a_data_error(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(DataError, match="cannot create the store"):
         StoreWriter(tmp_path / "file" / "s", n_images=1, channels=1, regions=1)
+
+
+# ---------------------------------------------------------------------------- hostile stores
+# issue 14: each of these was a traceback (or torch/numpy's own advice) in `data info` / `train`.
+
+def _data_info(store: Path):
+    from click.testing import CliRunner
+
+    from msdn_tune.cli import main
+
+    return CliRunner().invoke(main, ["data", "info", str(store)])
+
+
+def assert_one_error_line(res, *needles: str) -> str:
+    """Exit 2, no traceback, exactly one `error:` line (returned), mentioning each needle."""
+    assert res.exit_code == 2, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    assert "Traceback" not in res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, res.output
+    assert len(errors[0]) < 400, errors[0]
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("[" * 3000 + "]" * 3000, "nested deeper than"),
+        ('{"format_version": 1, "n_images": ' + "9" * 5000 + "}", "invalid JSON"),
+        ("\xff\xfe", "meta.json"),
+    ],
+    ids=["deep nesting", "5000-digit integer", "not JSON"],
+)
+def test_hostile_meta_text_is_one_line(store, text, needle):
+    (store / "meta.json").write_text(text, encoding="latin-1")
+    assert_one_error_line(_data_info(store), "meta.json", needle)
+
+
+@pytest.mark.parametrize(
+    "edit, needles",
+    [
+        (lambda m: m["arrays"]["labels"].update(shape=800), ["'arrays.labels.shape'", "800"]),
+        (lambda m: m.update(grid=[7]), ["'grid'", "[7]"]),
+        (lambda m: m.update(grid=[3, 5]), ["grid [3, 5] has 15 regions", "regions is 12"]),
+        (lambda m: m.update(n_images=10**400), ["'n_images'", "about 401 digits"]),
+        (lambda m: m.update(channels=True), ["'channels'", "True"]),
+        (lambda m: m.update(regions=2**40), ["'regions'", "2147483647"]),
+        (lambda m: m.update(class_names="abc"), ["'class_names'", "list of strings"]),
+        (lambda m: m["split_sizes"].update(train=-1), ["'split_sizes.train'"]),
+        (lambda m: m["arrays"]["labels"].update(dtype=["int64"]), ["'arrays.labels.dtype'"]),
+        (lambda m: m["arrays"]["labels"].update(sha256=5), ["'arrays.labels.sha256'"]),
+        (lambda m: m["arrays"].pop("split_train"), ["'arrays' lacks 'split_train'"]),
+        (lambda m: m.update(features=[1]), ["'features'", "a list"]),
+        (lambda m: m["features"].update(rows_per_batch=0), ["'features.rows_per_batch'"]),
+        (lambda m: m.update(word_dim=-3), ["'word_dim'"]),
+        (lambda m: m["arrays"].update(class_attributes=None), ["'arrays.class_attributes'"]),
+    ],
+)
+def test_hostile_meta_keys_are_one_line_naming_the_key(store, edit, needles):
+    _edit_meta(store, edit)
+    line = assert_one_error_line(_data_info(store), str(store / "meta.json"), *needles)
+    assert len(line) < 300
+
+
+def _npy(dtype: str, shape: tuple, payload: bytes) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buf.getvalue() + payload
+
+
+def _rewrite_member(store: Path, name: str, data: bytes) -> None:
+    import zipfile
+
+    with np.load(store / "arrays.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    with zipfile.ZipFile(store / "arrays.npz", "w") as zf:
+        for key, a in arrays.items():
+            if key == name:
+                zf.writestr(f"{key}.npy", data)
+            else:
+                buf = __import__("io").BytesIO()
+                np.lib.format.write_array(buf, a)
+                zf.writestr(f"{key}.npy", buf.getvalue())
+
+
+def test_random_bytes_as_arrays_file_is_one_line_in_our_words(store):
+    (store / "arrays.npz").write_bytes(np.random.default_rng(1).bytes(5000))
+    line = assert_one_error_line(_data_info(store), "arrays.npz", "not a valid arrays file")
+    assert "allow_pickle" not in line
+
+
+def test_pickled_objects_in_arrays_file_are_never_loaded(store):
+    # an object array of the recorded size: numpy would say "load it unsafely with allow_pickle"
+    _rewrite_member(store, "labels", _npy("|O", (40,), b"\x00" * 320))
+    line = assert_one_error_line(_data_info(store), "'labels'", "pickled Python objects")
+    assert "allow_pickle" not in line
+
+
+@pytest.mark.parametrize(
+    "name, data, needle",
+    [
+        ("labels", b"\x93NUMPY" + b"\xff" * 400, "not a plain numeric .npy array"),
+        ("labels", _npy("<i4", (80,), b"\x00" * 320), "has dtype int32, expected int64"),
+        ("labels", _npy("<i8", (8, 5), b"\x00" * 320), "has shape [8, 5], meta.json says [40]"),
+        ("labels", _npy("<i8", (40,), b"\x00" * 300), "holds 300 data bytes"),
+        ("labels", _npy("<i8", (40,), b"\x00" * 9000), "holds more data bytes"),
+        ("labels", _npy("<i8", (40,), b"\x00" * 90000), "takes"),
+    ],
+    ids=["bad header", "wrong dtype", "wrong shape", "short data", "long data",
+         "far too long"],
+)
+def test_corrupt_members_of_arrays_file_are_one_line(store, name, data, needle):
+    _rewrite_member(store, name, data)
+    assert_one_error_line(_data_info(store), "arrays.npz", needle)
+
+
+def test_extra_member_in_arrays_file_is_refused(store):
+    import zipfile
+
+    with zipfile.ZipFile(store / "arrays.npz", "a") as zf:
+        zf.writestr("evil.pkl", b"cos\nsystem\n")
+    assert_one_error_line(_data_info(store), "arrays.npz", "'evil.pkl'")
+
+
+def test_refused_store_is_left_as_it_was(store):
+    _edit_meta(store, lambda m: m.update(grid=[7]))
+    before = {p.name: p.read_bytes() for p in store.iterdir()}
+    assert_one_error_line(_data_info(store))
+    assert {p.name: p.read_bytes() for p in store.iterdir()} == before

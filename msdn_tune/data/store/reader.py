@@ -14,6 +14,7 @@ import json
 import math
 import os
 import sys
+import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,19 +27,18 @@ from msdn_tune.data.store.format import (
     ARRAY_DTYPES,
     ARRAYS_FILE,
     DEFAULT_RESIDENT_BYTES,
-    DTYPES,
     FEATURE_COLUMN,
     FEATURES_FILE,
-    FORMAT_VERSION,
     META_FILE,
-    META_TYPES,
     SPLIT_NAMES,
     array_sha256,
     check_arrays,
+    check_meta,
     classes_in,
     feature_type,
 )
 from msdn_tune.errors import DataError
+from msdn_tune.safeload import load_json, shorten
 
 if TYPE_CHECKING:  # imported where tensors are made: resolving a store (the study driver) skips it
     import torch
@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # imported where tensors are made: resolving a store (the stu
 _HUGE_PAGE = 2 << 20
 _HAVE_PREADV = hasattr(os, "preadv")
 _IOV_MAX = 512
+_NPY_HEADER_MAX = 1 << 16  # numpy's own reader refuses headers over 10,000 bytes
 
 
 class _PageDropper:
@@ -77,6 +78,90 @@ class _PageDropper:
 
 
 _DROPPER = _PageDropper()
+
+
+def read_arrays_file(path: Path, records: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The small arrays of ``arrays.npz``, each checked against its meta.json record.
+
+    Read member by member instead of with ``np.load``, so that whatever the file holds the
+    answer is one line in our words (``np.load`` of random bytes suggests loading them
+    unsafely with ``allow_pickle``): the archive must hold exactly the recorded arrays, each a
+    plain ``.npy`` whose header gives the recorded dtype and shape, checked before its data is
+    read, so a corrupt file cannot make the open allocate more than meta.json (already checked
+    by :func:`~msdn_tune.data.store.format.check_meta`) allows. Pickled data is never loaded.
+    """
+    what = "a store's arrays.npz (a zip of .npy arrays)"
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise DataError(f"{path}: not a valid arrays file: expected {what}") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: cannot be read as {what} ({_one_line(exc)})") from None
+    with archive:
+        names = [info.filename for info in archive.infolist()]
+        members = {n[:-4]: n for n in names if n.endswith(".npy")}
+        unknown = sorted(set(names) - {f"{r}.npy" for r in records})
+        if unknown:
+            raise DataError(f"{path}: holds {shorten(unknown[0])}, which is not one of the "
+                            f"store's arrays {sorted(records)}")
+        loaded = {}
+        for name in sorted(records):
+            if name not in members:
+                raise DataError(f"{path}: array {name!r} is missing")
+            loaded[name] = _read_member(path, archive, members[name], name, records[name])
+    return loaded
+
+
+def _read_member(path: Path, archive: zipfile.ZipFile, member: str, name: str,
+                 record: dict[str, Any]) -> np.ndarray:
+    """One ``.npy`` member: header checked against ``record``, then exactly its data read."""
+    dtype = np.dtype(ARRAY_DTYPES[name])
+    shape = tuple(record["shape"])
+    nbytes = math.prod(shape) * dtype.itemsize
+    info = archive.getinfo(member)
+    if not nbytes <= info.file_size <= nbytes + _NPY_HEADER_MAX:
+        raise DataError(f"{path}: array {name!r} takes {info.file_size:,} bytes, but its "
+                        f"shape {list(shape)} and dtype {dtype} in meta.json need {nbytes:,}")
+    bad = f"{path}: array {name!r} is not a plain numeric .npy array"
+    try:
+        with archive.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                have_shape, fortran, have_dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                have_shape, fortran, have_dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                raise DataError(f"{bad} (.npy format version {version} is not supported)")
+            if have_dtype.hasobject:
+                raise DataError(f"{bad}: it holds pickled Python objects, which a store never "
+                                "does (they are not loaded)")
+            if have_dtype != dtype:
+                raise DataError(f"{path}: array {name!r} has dtype {str(have_dtype)[:40]}, "
+                                f"expected {dtype}")
+            if tuple(have_shape) != shape:
+                raise DataError(f"{path}: array {name!r} has shape {shorten(list(have_shape))}, "
+                                f"meta.json says {list(shape)}")
+            data = fh.read(nbytes + 1)  # one more: a longer member is corrupt too
+            fh.read()  # to the end, where zipfile checks the member's CRC-32
+    except DataError:
+        raise
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, NotImplementedError) as exc:
+        raise DataError(f"{bad} ({_one_line(exc)})") from None
+    if len(data) != nbytes:
+        held = "more" if len(data) > nbytes else f"{len(data):,}"
+        raise DataError(f"{path}: array {name!r} holds {held} data bytes, its header says "
+                        f"{nbytes:,}")
+    array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C").copy()
+    if array_sha256(array) != record["sha256"]:
+        raise DataError(f"{path}: array {name!r} is corrupted (SHA-256 differs from meta.json)")
+    return array
+
+
+def _one_line(exc: object) -> str:
+    """A library exception's message (or any text) as one short line: they may span lines or
+    be long."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _reopen(path: str, resident_bytes: int | None) -> BenchmarkStore:
@@ -171,44 +256,9 @@ class BenchmarkStore:
 
     def _read_meta(self) -> None:
         p = self._file(META_FILE)
-        try:
-            meta = json.loads(p.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(f"{p} is not valid JSON: {exc}") from exc
-        if not isinstance(meta, dict):
-            raise DataError(f"{p} must hold a JSON object, got {type(meta).__name__}")
-        version = meta.get("format_version")
-        if version != FORMAT_VERSION:
-            raise DataError(
-                f"{p}: format_version {version!r} is not supported; expected {FORMAT_VERSION}"
-                " (re-create the store with this version of msdn-tune)"
-            )
-        for key, typ in META_TYPES.items():
-            if key not in meta:
-                raise DataError(f"{p}: key {key!r} is missing")
-            value = meta[key]
-            if not isinstance(value, typ) or (isinstance(value, bool) and typ is int):
-                raise DataError(f"{p}: key {key!r} has {value!r}, expected {typ}")
-        for key in ("n_images", "channels", "regions", "n_classes", "n_attributes"):
-            if meta[key] < 1:
-                raise DataError(f"{p}: {key} must be >= 1, got {meta[key]}")
-        if meta["dtype"] not in DTYPES:
-            raise DataError(f"{p}: dtype {meta['dtype']!r} is not one of {DTYPES}")
+        meta = check_meta(load_json(p, error=DataError, what="meta.json"), str(p))
         feat = meta["features"]
-        for key in ("file_bytes", "rows_per_batch", "n_batches", "crc32"):
-            if not isinstance(feat.get(key), int) or feat[key] < 0:
-                raise DataError(f"{p}: features.{key} must be a non-negative integer")
-        if feat["rows_per_batch"] < 1:
-            raise DataError(f"{p}: features.rows_per_batch must be >= 1")
-        if len(meta["class_names"]) != meta["n_classes"]:
-            raise DataError(
-                f"{p}: {len(meta['class_names'])} class_names for n_classes={meta['n_classes']}"
-            )
         names = meta["attribute_names"]
-        if names is not None and len(names) != meta["n_attributes"]:
-            raise DataError(
-                f"{p}: {len(names)} attribute_names for n_attributes={meta['n_attributes']}"
-            )
         self.meta = meta
         self.dataset = meta["dataset"]
         self.n_images = meta["n_images"]
@@ -218,38 +268,12 @@ class BenchmarkStore:
         self.n_attributes = meta["n_attributes"]
         self.dtype = np.dtype(meta["dtype"])
         self.rows_per_batch = feat["rows_per_batch"]
-        self.class_names = [str(c) for c in meta["class_names"]]
-        self.attribute_names = None if names is None else [str(a) for a in names]
+        self.class_names = list(meta["class_names"])
+        self.attribute_names = None if names is None else list(names)
 
     def _read_arrays(self) -> None:
         p = self._file(ARRAYS_FILE)
-        records: dict[str, Any] = self.meta["arrays"]
-        try:
-            with np.load(p, allow_pickle=False) as npz:
-                loaded = {name: npz[name] for name in npz.files}
-        except Exception as exc:  # zipfile.BadZipFile, ValueError, OSError, EOFError, ...
-            raise DataError(f"{p} cannot be read as an .npz file: {exc}") from exc
-        expected = {"labels", "class_attributes", *(f"split_{s}" for s in SPLIT_NAMES)}
-        if self.meta["word_dim"] is not None:
-            expected.add("attribute_vectors")
-        if set(records) != expected:
-            raise DataError(f"{self.path / META_FILE}: 'arrays' must describe {sorted(expected)}")
-        for name in sorted(expected):
-            if name not in loaded:
-                raise DataError(f"{p}: array {name!r} is missing")
-            a, rec = loaded[name], records[name]
-            if not isinstance(rec, dict) or not {"shape", "dtype", "sha256"} <= set(rec):
-                raise DataError(f"{self.path / META_FILE}: arrays.{name} is malformed")
-            if str(a.dtype) != ARRAY_DTYPES[name] or str(a.dtype) != rec["dtype"]:
-                raise DataError(
-                    f"{p}: array {name!r} has dtype {a.dtype}, expected {ARRAY_DTYPES[name]}"
-                )
-            if list(a.shape) != list(rec["shape"]):
-                raise DataError(
-                    f"{p}: array {name!r} has shape {list(a.shape)}, meta.json says {rec['shape']}"
-                )
-            if array_sha256(a) != rec["sha256"]:
-                raise DataError(f"{p}: array {name!r} is corrupted (SHA-256 differs from meta)")
+        loaded = read_arrays_file(p, self.meta["arrays"])
         n, c, na = self.n_images, self.n_classes, self.n_attributes
         if loaded["labels"].shape != (n,):
             raise DataError(
@@ -299,13 +323,14 @@ class BenchmarkStore:
             mm = pa.memory_map(str(p), "r")
             reader = pa.ipc.open_file(mm)
         except (pa.ArrowException, OSError) as exc:
-            raise DataError(f"{p} is not a readable Arrow IPC file: {exc}") from exc
+            raise DataError(f"{p} is not a readable Arrow IPC file: {_one_line(exc)}") from None
         self._mmap, self._reader = mm, reader
         expected = feature_type(self.dtype, self.channels * self.regions)
         schema = reader.schema
         if len(schema) != 1 or schema[0].name != FEATURE_COLUMN or schema[0].type != expected:
+            shown = _one_line(schema.to_string(show_schema_metadata=False))
             raise DataError(
-                f"{p}: schema is {schema.to_string(show_schema_metadata=False)!r}, expected one "
+                f"{p}: schema is {shown!r}, expected one "
                 f"column {FEATURE_COLUMN!r} of {expected} (dtype, channels x regions from meta)"
             )
         rpb = self.rows_per_batch
@@ -317,7 +342,7 @@ class BenchmarkStore:
         for key, want in want_meta.items():
             if file_meta.get(key) != want:
                 raise DataError(
-                    f"{p}: schema metadata {key.decode()} is {file_meta.get(key)!r}, "
+                    f"{p}: schema metadata {key.decode()} is {shorten(file_meta.get(key))}, "
                     f"meta.json implies {want.decode()!r}"
                 )
         n_batches = math.ceil(self.n_images / rpb)
@@ -344,7 +369,7 @@ class BenchmarkStore:
                 view = np.frombuffer(data, dtype=self.dtype, count=count)
                 views.append(view.reshape(n_rows, self.channels, self.regions))
         except pa.ArrowException as exc:
-            raise DataError(f"{p}: record batches cannot be read: {exc}") from exc
+            raise DataError(f"{p}: record batches cannot be read: {_one_line(exc)}") from None
         self.batch_views = views
         mm.seek(0)
         self._whole = mm.read_buffer(size)  # zero-copy: gives the mapping's address for madvise
