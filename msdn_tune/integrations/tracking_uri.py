@@ -85,6 +85,8 @@ def _normalise_uri(uri: str) -> str:
         if not path.startswith("/"):
             path = str((Path.cwd() / path).resolve())
         return f"sqlite:///{path}{sep}{query}"
+    if uri in ("databricks", "databricks-uc"):  # Databricks' default profile
+        return uri
     if "://" in uri or uri.startswith("file:"):
         _check_scheme(uri)
         allow_files = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true")
