@@ -13,7 +13,7 @@ storage path or a tracking URI drawn from values it must refuse (checked before 
 asserted: ``ray.is_initialized()`` stays False); `train` and `evaluate` always get a ``--data``
 that is neither a store nor a preset, so they never train.
 
-Budget: about 30-50 s on 2 cores with the default number of examples per command. A larger run:
+Budget: about 30 s on 2 loaded cores with the default 25 examples per command. A larger run:
 ``MSDN_TUNE_FUZZ_EXAMPLES=500 pytest tests/test_fuzz_paths.py`` (examples per command).
 """
 
@@ -40,7 +40,7 @@ from msdn_tune.cli.main import main
 from msdn_tune.data.resolve import parse_preset
 from tests.helpers.study import _space
 
-EXAMPLES = int(os.environ.get("MSDN_TUNE_FUZZ_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("MSDN_TUNE_FUZZ_EXAMPLES", "25"))
 
 FUZZ = settings(
     max_examples=EXAMPLES,
@@ -74,8 +74,15 @@ scheme = st.from_regex(r"\A[A-Za-z][A-Za-z0-9+.-]{0,12}\Z").filter(
     lambda s: s.lower().split("+")[0] not in KNOWN_SCHEMES)
 random_uri = st.builds(lambda s, rest: f"{s}://{rest}", scheme, unicode_text)
 
+#: A path of many short names, over 1,000 characters: quoted in a message, it must be cut short.
+deep_path = st.builds(lambda names: "adir/" + "/".join(names),
+                      st.lists(st.text(st.characters(blacklist_categories=("Cs",),
+                                                     blacklist_characters="\x00/"),
+                                       min_size=100, max_size=120), min_size=10, max_size=12))
+
 paths = st.one_of(
     st.sampled_from(FIXED_PATHS),
+    deep_path,
     unicode_text,
     long_name,
     st.builds(lambda a, b: f"{a}/{b}", st.sampled_from(FIXED_PATHS), unicode_text),
@@ -85,6 +92,7 @@ paths = st.one_of(
 
 #: Storage paths `run` must refuse before Ray starts.
 bad_storage = st.one_of(
+    st.builds(lambda p: f"afile/{p}", deep_path),
     st.sampled_from(["afile", "afile/x", "adir/notes.txt/x", "/proc/studies", "/proc", "/sys/x",
                      "/dev/null", "/dev/null/x"]),
     st.builds(lambda a: f"adir/{a}", long_name),
@@ -95,7 +103,8 @@ bad_storage = st.one_of(
 bad_tracking = st.one_of(
     st.sampled_from(["sqlite:////proc/m.db", "sqlite:///afile/m.db", "sqlite:///adir",
                      "sqlite:////dev/null/m.db", "file:///tmp/mlruns", "adir", "./mlruns"]),
-    st.builds(lambda a: f"sqlite:///adir/{a}.db", long_name),
+    # a name over 255 bytes; without '?', which would start the URI's query and end the name
+    st.builds(lambda a: f"sqlite:///adir/{a}.db", long_name.filter(lambda n: "?" not in n)),
     random_uri,
     unicode_text.filter(lambda s: "://" not in s and not s.strip().endswith(
         (".db", ".sqlite", ".sqlite3")) and s.strip() not in ("databricks", "databricks-uc")
@@ -104,6 +113,10 @@ bad_tracking = st.one_of(
 
 #: Benchmarks that are neither a store nor a preset: `train` and `evaluate` never train.
 not_data = paths.filter(lambda s: parse_preset(s) is None)
+
+#: Longest error line accepted: our messages with two or three values cut to 80 characters fit;
+#: a path of over 1,000 characters (`deep_path`) printed whole does not.
+MAX_ERROR_LINE = 800
 
 # --- one example -------------------------------------------------------------------------------
 
@@ -146,13 +159,23 @@ class KnownIssue(UserWarning):
     """A failure this file found that another branch of issue 14 fixes (see `_known`)."""
 
 
-def _known(args: list[str], exc: BaseException | None) -> bool:
-    """Found by this file on the branch that added it (hostile-preflight, base 6677a59): a name
-    over 255 bytes as `--data`, a store or `data synth --out` escapes as ``OSError: File name
-    too long`` from msdn_tune/data (resolve.py, synth.py), which another branch of issue 14 owns.
-    Reported as a warning instead of a failure until that fix is merged; then delete this."""
-    return (args[0] in ("train", "evaluate", "data") and isinstance(exc, OSError)
-            and exc.errno == errno.ENAMETOOLONG)
+def _known(args: list[str], exc: BaseException | None, errors: list[str]) -> bool:
+    """Found by this file on the branch that added it (hostile-preflight, base 6677a59), in
+    msdn_tune/data (resolve.py, synth.py), which another branch of issue 14 owns: a name over
+    255 bytes as `--data`, a store or `data synth --out` escapes as ``OSError: File name too
+    long``, and a benchmark that is neither a store nor a preset is quoted whole in its error.
+    And in msdn_tune/safeload.py (read_text), which nobody owns yet: a missing or unreadable
+    file is named whole, so `run --space` with a 1,000-character path prints all of it.
+    Reported as a warning instead of a failure until those fixes are merged; then delete this."""
+    if (args[0] == "run" and len(errors) == 1 and len(errors[0]) > MAX_ERROR_LINE
+            and errors[0].startswith(f"error: {args[2]}: ")):
+        return True
+    if args[0] not in ("train", "evaluate", "data"):
+        return False
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        return True
+    return (len(errors) == 1 and len(errors[0]) > MAX_ERROR_LINE
+            and errors[0].startswith("error: benchmark "))
 
 
 def check(args: list[str], codes: tuple[int, ...] = (0, 2)) -> None:
@@ -162,16 +185,18 @@ def check(args: list[str], codes: tuple[int, ...] = (0, 2)) -> None:
         res = CliRunner().invoke(main, args)
         out = res.output
         shown = f"msdn-tune {args!r} -> {res.exit_code}:\n{out[-2000:]}"
-        if _known(args, res.exception):
-            warnings.warn(KnownIssue(f"{args[:2]}: {res.exception!r}"[:300]), stacklevel=2)
+        errors = [ln for ln in out.splitlines() if ln.lower().startswith("error:")]
+        if _known(args, res.exception, errors):
+            problem = repr(res.exception) if res.exception else errors[0]
+            warnings.warn(KnownIssue(f"{args[:2]}: {problem}"[:300]), stacklevel=2)
             return
         assert res.exception is None or isinstance(res.exception, SystemExit), (
             f"{shown}\n{type(res.exception).__name__}: {res.exception}")
         assert "Traceback" not in out, shown
         assert res.exit_code in codes, shown
         if res.exit_code == 2:
-            errors = [ln for ln in out.splitlines() if ln.lower().startswith("error:")]
             assert len(errors) == 1, shown
+            assert len(errors[0]) <= MAX_ERROR_LINE, f"an unbounded message: {shown}"
         assert not ray.is_initialized(), shown
         after = _checksums(root)
         changed = [f for f, digest in before.items() if after.get(f) != digest]
@@ -182,11 +207,12 @@ def check(args: list[str], codes: tuple[int, ...] = (0, 2)) -> None:
 
 
 @FUZZ
-@given(space=st.one_of(st.just("study.yaml"), paths), storage=st.one_of(st.none(), paths),
+@given(space=paths, valid_space=st.integers(0, 3), storage=st.one_of(st.none(), paths),
        tracking=st.one_of(st.none(), paths), warm=st.one_of(st.none(), paths),
        bad=st.sampled_from(["storage", "tracking"]), storage_bad=bad_storage,
        tracking_bad=bad_tracking)
-def test_run(space, storage, tracking, warm, bad, storage_bad, tracking_bad):
+def test_run(space, valid_space, storage, tracking, warm, bad, storage_bad, tracking_bad):
+    space = "study.yaml" if valid_space else space  # most examples get past the space file
     storage = storage_bad if bad == "storage" else storage
     tracking = tracking_bad if bad == "tracking" else tracking
     args = ["run", "--space", space]
