@@ -119,8 +119,8 @@ def study_dir(study: str | Path, storage_path: str | Path | None = None,
             if _is_study(q) and (q / STUDY_FILE).is_file():
                 return q.resolve()
     where = "" if storage_path is None else f" or under {shorten(str(storage_path))}"
-    raise MsdnTuneError(f"{what} {shorten(text)}: not a study folder (no {STUDY_FILE} or Ray experiment "
-                        f"state there{where})")
+    raise MsdnTuneError(f"{what} {shorten(text)}: not a study folder (no {STUDY_FILE} or Ray "
+                        f"experiment state there{where})")
 
 
 def read_study_meta(path: Path) -> dict[str, Any]:
