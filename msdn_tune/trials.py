@@ -9,8 +9,9 @@ the reported metric names, which are also the MLflow names.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from msdn_tune.errors import MsdnTuneError
+from msdn_tune.safeload import load_json, shorten
 from msdn_tune.space import StudySpec, parse_space
 
 STUDY_FILE = "msdn_study.json"
@@ -61,28 +63,89 @@ class TrialRow:
         return rec
 
 
-def study_dir(study: str | Path, storage_path: str | Path | None = None) -> Path:
-    """Resolve a study given as a folder, or as a name under the storage path."""
-    p = Path(study)
-    if (p / STUDY_FILE).exists() or list(p.glob("experiment_state-*.json")):
+NAME_MAX = 255
+"""Longest study name, and longest name in any path we are given (bytes, the Linux limit)."""
+
+#: The keys of the study metadata file (msdn_study.json) that we read, and their JSON types.
+META_TYPES: dict[str, type] = {
+    "name": str, "space_file": str, "space": dict, "data_path": str, "tracking_uri": str,
+    "experiment_id": str, "parent_run_id": str, "created": str, "command": str,
+    "complete": bool, "wall_s": float,
+}
+_JSON_NAMES = {str: "a string", dict: "an object", bool: "true or false", float: "a number"}
+
+
+def check_path_text(value: str, what: str) -> None:
+    """Refuse a path option the file system cannot even look up, in one line: empty, a NUL,
+    a name over :data:`NAME_MAX` bytes (``OSError: File name too long`` otherwise)."""
+    if not value:
+        raise MsdnTuneError(f"{what}: empty")
+    if "\x00" in value:
+        raise MsdnTuneError(f"{what} {shorten(value)}: holds a NUL character")
+    if any(len(part) > NAME_MAX for part in os.fsencode(value).split(b"/")):
+        raise MsdnTuneError(f"{what} {shorten(value)}: a name in it is longer than {NAME_MAX} "
+                            "bytes")
+
+
+def _is_study(p: Path) -> bool:
+    try:
+        return p.is_dir() and ((p / STUDY_FILE).is_file()
+                               or any(p.glob("experiment_state-*.json")))
+    except OSError:  # unreadable, or vanished while we looked
+        return False
+
+
+def study_dir(study: str | Path, storage_path: str | Path | None = None,
+              what: str = "study") -> Path:
+    """Resolve a study given as a folder, or as a name under the storage path.
+
+    Anything else is one :class:`MsdnTuneError` line: a file, a missing folder, a name with a
+    path separator or over :data:`NAME_MAX` bytes, a storage path that is a file.
+    """
+    text = str(study)
+    check_path_text(text, what)
+    p = Path(text)
+    if _is_study(p):
         return p.resolve()
+    if p.is_file():
+        raise MsdnTuneError(f"{what} {shorten(text)}: a file, not a study folder")
     if storage_path is not None:
-        q = Path(storage_path) / str(study)
-        if (q / STUDY_FILE).exists():
-            return q.resolve()
-    raise MsdnTuneError(f"{study}: not a study folder (no {STUDY_FILE} or Ray experiment state "
-                        f"there{'' if storage_path is None else f' or under {storage_path}'})")
+        root = str(storage_path)
+        check_path_text(root, "--storage-path")
+        if Path(root).exists() and not Path(root).is_dir():
+            raise MsdnTuneError(f"--storage-path {shorten(root)}: a file, not a folder")
+        if "/" not in text and text not in (".", ".."):
+            q = Path(root) / text
+            if _is_study(q) and (q / STUDY_FILE).is_file():
+                return q.resolve()
+    where = "" if storage_path is None else f" or under {shorten(str(storage_path))}"
+    raise MsdnTuneError(f"{what} {shorten(text)}: not a study folder (no {STUDY_FILE} or Ray "
+                        f"experiment state there{where})")
 
 
 def read_study_meta(path: Path) -> dict[str, Any]:
-    """The study's own metadata written by `msdn-tune run` (space, tracking ids, data)."""
+    """The study's own metadata written by `msdn-tune run` (space, tracking ids, data).
+
+    Read through msdn_tune.safeload (bounded, one line when it is not JSON), and checked: a JSON
+    object whose keys that we use have the types `msdn-tune run` writes (:data:`META_TYPES`), so
+    a hand-edited or truncated file is one error naming the file and key, not a KeyError later.
+    """
     f = path / STUDY_FILE
     if not f.exists():
         return {}
-    try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as exc:
-        raise MsdnTuneError(f"{f}: corrupt study metadata ({exc})") from None
+    meta = load_json(f, error=MsdnTuneError, what="study metadata file")
+    if not isinstance(meta, dict):
+        raise MsdnTuneError(f"{f}: corrupt study metadata (a JSON object expected, not a "
+                            f"{type(meta).__name__})")
+    for key, kind in META_TYPES.items():
+        value = meta.get(key)
+        if value is None:
+            continue
+        ok = _finite_number(value) if kind is float else isinstance(value, kind)
+        if not ok:
+            raise MsdnTuneError(f"{f}: corrupt study metadata: {key!r} is {shorten(value)}, "
+                                f"expected {_JSON_NAMES[kind]}")
+    return meta
 
 
 def study_space(study: str | Path, storage_path: str | Path | None = None
@@ -112,13 +175,49 @@ def trials_table(rows: list[TrialRow]) -> pa.Table:
     return pa.Table.from_pylist([{k: rec.get(k) for k in keys} for rec in records])
 
 
+def check_parquet_out(out: str | Path, what: str = "--parquet") -> None:
+    """Refuse a table destination that cannot be written, or would replace what is not a table.
+
+    A folder, a name the file system cannot hold, a parent that is a file, or an existing file
+    that is not a parquet file (its first bytes are not ``PAR1``: a user's file is never
+    overwritten) is one :class:`MsdnTuneError` line.
+    """
+    text = str(out)
+    check_path_text(text, what)
+    p = Path(text)
+    if p.is_dir():
+        raise MsdnTuneError(f"{what} {shorten(text)}: a folder; give a file name such as "
+                            "trials.parquet")
+    if p.exists():
+        try:
+            with open(p, "rb") as f:
+                head = f.read(4)
+        except OSError as exc:
+            raise MsdnTuneError(f"{what} {shorten(text)}: cannot read ({exc.strerror})") from None
+        if head != b"PAR1":
+            raise MsdnTuneError(f"{what} {shorten(text)}: exists and is not a parquet file; "
+                                "not overwriting it")
+    parent = p.parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MsdnTuneError(f"{what} {shorten(text)}: {shorten(str(parent))} is not a folder")
+
+
 def write_parquet(rows: list[TrialRow], out: str | Path) -> Path:
-    """Write the trials table with pyarrow (atomically)."""
+    """Write the trials table with pyarrow (atomically); :class:`MsdnTuneError` when the file
+    system refuses it (read-only, full, a pseudo filesystem)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    pq.write_table(trials_table(rows), tmp)
-    tmp.replace(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(trials_table(rows), tmp)
+        tmp.replace(out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise MsdnTuneError(f"{shorten(str(out))}: cannot write the trials table "
+                            f"({shorten(str(exc), 160)})") from None
     return out
 
 
@@ -149,6 +248,16 @@ def best_trials(rows: list[TrialRow], objectives: list[tuple[str, str]]) -> list
         if not dominated:
             front.append(r)
     return front
+
+
+def _finite_number(value: object) -> bool:
+    """A JSON number that is finite as a float (a 400-digit integer is not: OverflowError)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _finite(v: float | None) -> bool:

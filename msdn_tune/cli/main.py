@@ -132,7 +132,7 @@ def space_show_cmd(file: str) -> None:
 
 
 @main.command("run")
-@click.option("--space", "space_file", required=True, type=click.Path(dir_okay=False),
+@click.option("--space", "space_file", required=True, metavar="FILE",
               help="Search-space YAML file (see search_spaces/).")
 @click.option("--num-samples", type=int, help="Number of trials (overrides the file).")
 @click.option("--max-concurrent", type=int, help="Trials at a time (overrides the file).")
@@ -186,7 +186,7 @@ def run_cmd(space_file: str, num_samples: int | None, max_concurrent: int | None
 
 @main.command("results")
 @click.argument("study")
-@click.option("--parquet", "parquet_out", type=click.Path(dir_okay=False),
+@click.option("--parquet", "parquet_out", metavar="FILE",
               help="Also write the table to this parquet file.")
 @click.option("--storage-path", default="msdn_results", show_default=True,
               help="Where to look for STUDY when it is a name.")
@@ -194,8 +194,10 @@ def results_cmd(study: str, parquet_out: str | None, storage_path: str) -> None:
     """Print the trials of a study (settings, metrics, status, epochs)."""
     from msdn_tune.cli.display import make_console, trials_rich_table
     from msdn_tune.commands.results import study_trials
-    from msdn_tune.trials import write_parquet
+    from msdn_tune.trials import check_parquet_out, write_parquet
 
+    if parquet_out is not None:
+        check_parquet_out(parquet_out)  # before the table is read: a bad option costs nothing
     found = study_trials(study, storage_path)
     make_console().print(trials_rich_table(found.rows, f"{found.path.name}: {len(found.rows)} "
                                                        "trials (accuracies in %)"))

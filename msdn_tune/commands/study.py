@@ -30,7 +30,7 @@ from msdn_tune import _startup
 from msdn_tune.data.resolve import open_benchmark, parse_preset, resolve_benchmark
 from msdn_tune.errors import MsdnTuneError
 from msdn_tune.integrations.ray.experiment import load_trials, repair_lost_checkpoints
-from msdn_tune.integrations.ray.storage import StudyStorage, check_cluster_storage
+from msdn_tune.integrations.ray.storage import check_cluster_storage, checked_storage
 from msdn_tune.integrations.ray.trainable import STATE_FILE, TrialStatic
 from msdn_tune.integrations.ray.tuner import (
     build_tuner,
@@ -40,6 +40,8 @@ from msdn_tune.integrations.ray.tuner import (
     ray_running,
     shutdown_ray,
 )
+from msdn_tune.integrations.tracking_uri import check_local_store, resolve_tracking_uri
+from msdn_tune.safeload import shorten
 from msdn_tune.space import StudySpec
 from msdn_tune.train.config import TrainConfig
 from msdn_tune.trials import (
@@ -47,6 +49,7 @@ from msdn_tune.trials import (
     TRIALS_FILE,
     TrialRow,
     best_trials,
+    check_path_text,
     read_study_meta,
     study_dir,
     write_parquet,
@@ -135,13 +138,21 @@ def run_study(space: StudySpec, *, space_file: Path | None = None, address: str 
     `storage_shared` declares a local storage path shared by all nodes (NFS msdn-tune cannot
     recognise); on a multi-node cluster node-local storage is refused before any trial starts.
     """
+    # Every path and URI option is checked before Ray starts: a refused study starts nothing.
+    store = checked_storage(space.storage_path)  # a path, or a URI mirrored locally
+    if tracking:
+        check_local_store(resolve_tracking_uri(tracking_uri, (space.tracking or {}).get("uri")))
     _startup.study_environment()
     console = console or Console()
-    store = StudyStorage.from_spec(space.storage_path)  # a path, or a URI mirrored locally
     store.pull(space.name)
     storage = store.local_root
     exp_dir = storage / space.name
+    if exp_dir.exists() and not exp_dir.is_dir():
+        raise MsdnTuneError(f"study {space.name!r}: {exp_dir} is a file, not a study folder; "
+                            "choose another --name or --storage-path")
     meta = read_study_meta(exp_dir) if exp_dir.exists() else {}
+    if warm_start:
+        _check_warm_start(warm_start, storage, tracking)
     if resume_if_exists:
         resume = can_restore(store.ray_path(space.name))
         console.print(f"study {space.name}: " + ("resuming the existing study" if resume else
@@ -241,6 +252,21 @@ def run_study(space: StudySpec, *, space_file: Path | None = None, address: str 
     finally:
         if shutdown is not None:
             shutdown.join()
+
+
+def _check_warm_start(warm_start: str, storage: Path, tracking: bool) -> None:
+    """Refuse a --warm-start that cannot name a study, before Ray starts.
+
+    It names a study folder, a study under the storage path or, with tracking, an MLflow
+    experiment (looked up once MLflow is imported, while Ray starts); without tracking the study
+    must be on disk.
+    """
+    check_path_text(warm_start, "--warm-start")
+    if Path(warm_start).is_file():
+        raise MsdnTuneError(f"--warm-start {shorten(warm_start)}: a file, not a study folder or "
+                            "name")
+    if not tracking:
+        study_dir(warm_start, storage, what="--warm-start")
 
 
 def _warm_start_rows(warm_start: str, storage: Path, uri: str | None) -> list[TrialRow]:

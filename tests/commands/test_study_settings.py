@@ -1,6 +1,8 @@
 """Study set-up without a Ray instance: a resume whose settings differ from the study's own is
 refused before anything starts, and importing the use case neither pulls in the heavy libraries
-nor changes the environment."""
+nor changes the environment. Bad path and URI options of `run`, `results`, `best`, `ui` and
+`reproduce` (issue 14) are one `error:` line and exit 2, from the CLI in-process, before Ray
+starts and with nothing written."""
 
 from __future__ import annotations
 
@@ -71,7 +73,8 @@ def test_importing_the_study_driver_leaves_ray_tune_and_torch_for_later():
     import subprocess
     import sys
 
-    code = ("import sys; import msdn_tune.cli, msdn_tune.commands.study, msdn_tune.data.resolve; "
+    code = ("import sys; import msdn_tune.cli, msdn_tune.commands.study, msdn_tune.data.resolve, "
+            "msdn_tune.integrations.tracking_uri; "
             "heavy = [m for m in ('ray.tune', 'torch', 'mlflow', 'optuna') if m in sys.modules]; "
             "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -106,3 +109,141 @@ def test_importing_the_study_driver_leaves_the_environment_alone_until_a_study_s
     assert os.environ["RAY_CHDIR_TO_TRIAL_DIR"] == "1"
     assert all(os.environ[k] == v for k, v in _startup.RAY_ENV_DEFAULTS
                if k != "RAY_CHDIR_TO_TRIAL_DIR")
+
+
+# --- path and URI options refused before Ray starts (issue 14) ----------------------------------
+
+
+def _invoke(args, cwd):
+    """`msdn-tune ARGS` in-process, in `cwd`; (exit code, output, error lines)."""
+    from click.testing import CliRunner
+
+    from msdn_tune.cli.main import main
+
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        res = CliRunner().invoke(main, args)
+    finally:
+        os.chdir(old)
+    out = res.output
+    assert "Traceback" not in out and (res.exception is None
+                                       or isinstance(res.exception, SystemExit)), out
+    return res.exit_code, out, [ln for ln in out.splitlines() if ln.startswith("error:")]
+
+
+def _snapshot(root):
+    return sorted((str(p.relative_to(root)), p.read_bytes() if p.is_file() else b"")
+                  for p in root.rglob("*"))
+
+
+BAD_RUN_OPTIONS = {
+    "storage under a file": (["--storage-path", "{tmp}/afile/studies"], "is a file"),
+    "storage in /proc": (["--storage-path", "/proc/studies"], "proc filesystem"),
+    "storage is /proc itself": (["--storage-path", "/proc"], "proc filesystem"),
+    "storage name too long": (["--storage-path", "{tmp}/" + "n" * 300], "longer than 255"),
+    "storage URI pyarrow cannot open": (["--storage-path", "bogus://x"], "pyarrow cannot open"),
+    "unknown tracking scheme": (["--tracking-uri", "bogus://x"], "no tracking store"),
+    "tracking database in /proc": (["--tracking-uri", "sqlite:////proc/m.db"], "cannot create"),
+    "tracking database under a file": (["--tracking-uri", "sqlite:///{tmp}/afile/m.db"],
+                                       "does not exist"),
+    "tracking file store": (["--tracking-uri", "file:///{tmp}/mlruns"], "file store"),
+    "warm start from a file": (["--warm-start", "{tmp}/afile", "--no-tracking"], "a file"),
+    "warm start from nothing": (["--warm-start", "nope", "--no-tracking"], "not a study folder"),
+    "space file is a folder": (["--space", "{tmp}"], "not a file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RUN_OPTIONS))
+def test_run_refuses_a_bad_path_or_uri_option_in_one_line_before_ray_starts(tmp_path, case,
+                                                                              monkeypatch):
+    import ray
+
+    from tests.helpers.study import _space
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    space = _space(tmp_path, "s")
+    (tmp_path / "afile").write_text("a user's file\n")
+    options, expected = BAD_RUN_OPTIONS[case]
+    args = ["run", "--space", str(space)] + [o.format(tmp=tmp_path) for o in options]
+    before = _snapshot(tmp_path)
+    code, out, errors = _invoke(args, tmp_path)
+    assert code == 2 and len(errors) == 1 and expected in errors[0], out
+    assert len(errors[0]) < 400, errors[0]  # the value is quoted cut short
+    assert not ray.is_initialized()
+    assert _snapshot(tmp_path) == before  # nothing written: no storage, study or database
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["results", "x" * 300], "longer than 255"),
+    (["results", "a/b"], "not a study folder"),
+    (["results", "afile"], "a file, not a study folder"),
+    (["results", "s", "--storage-path", "afile"], "a file, not a folder"),
+    (["best", "s", "--storage-path", "/proc"], "not a study folder"),
+    (["best", "s", "--storage-path", "n" * 300], "longer than 255"),
+    (["results", "s", "--parquet", "."], "a folder"),
+    (["results", "s", "--parquet", "afile"], "not a parquet file"),
+    (["ui", "--tracking-uri", "bogus://x"], "no tracking store"),
+    (["reproduce", "0123abc", "--tracking-uri", "bogus://x"], "no tracking store"),
+    (["reproduce", "0123abc", "--tracking-uri", "http://[::1"], "not a valid URL"),
+])
+def test_study_commands_refuse_bad_folders_names_and_uris_in_one_line(tmp_path, args, expected,
+                                                                      monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "afile").write_text("a user's file\n")
+    before = _snapshot(tmp_path)
+    code, out, errors = _invoke(args, tmp_path)
+    assert code == 2 and len(errors) == 1 and expected in errors[0], out
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("{not json", "invalid JSON"),
+    ("[1, 2]", "a JSON object expected"),
+    ('{"space": "a string"}', "'space' is 'a string', expected an object"),
+    ('{"parent_run_id": 7, "space": {}}', "'parent_run_id' is 7, expected a string"),
+    ('{"wall_s": ' + "9" * 400 + "}", "'wall_s' is <an integer of about"),
+    ('{"complete": "yes"}', "expected true or false"),
+    ("[" * 200 + "]" * 200, "nested deeper"),
+    ('{"x": ' + "1" * 5000 + "}", "invalid JSON"),
+])
+def test_corrupt_study_metadata_is_one_line_naming_the_file(tmp_path, content, expected):
+    from msdn_tune.trials import read_study_meta
+
+    exp = tmp_path / "results" / "s"
+    exp.mkdir(parents=True)
+    (exp / STUDY_FILE).write_text(content)
+    with pytest.raises(MsdnTuneError) as err:
+        read_study_meta(exp)
+    text = str(err.value)
+    assert str(exp / STUDY_FILE) in text and expected in text and "\n" not in text
+    assert len(text) < 400
+    # the commands that read it say the same in one line
+    code, out, errors = _invoke(["best", str(exp)], tmp_path)
+    assert code == 2 and len(errors) == 1 and expected in errors[0], out
+
+
+def test_a_resume_over_corrupt_metadata_is_refused_before_ray_starts(tmp_path):
+    import ray
+
+    space = parse_space(small_doc(tmp_path))
+    exp = tmp_path / "results" / "s"
+    exp.mkdir(parents=True)
+    (exp / STUDY_FILE).write_text('{"space": [1]}')
+    with pytest.raises(MsdnTuneError, match="'space' is \\[1\\], expected an object"):
+        run_study(space, resume=True, tracking=False)
+    assert not ray.is_initialized()
+    assert (exp / STUDY_FILE).read_text() == '{"space": [1]}'
+
+
+def test_a_study_folder_that_is_a_file_is_refused_before_ray_starts(tmp_path):
+    import ray
+
+    space = parse_space(small_doc(tmp_path))
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "s").write_text("mine")
+    with pytest.raises(MsdnTuneError, match="is a file, not a study folder"):
+        run_study(space, tracking=False)
+    assert not ray.is_initialized()
+    assert (tmp_path / "results" / "s").read_text() == "mine"

@@ -5,7 +5,9 @@ Everything msdn-tune does in MLflow starts here: :func:`resolve_tracking_uri` pi
 fails in seconds with a hint when it cannot be used, :func:`seed_sqlite_store` starts a new SQLite
 file from a cached migrated schema instead of MLflow's 2 s of migrations, and
 :func:`ensure_experiment` finds or creates the study's experiment with an explicit artifact
-location.
+location. What needs no MLflow call (the URI's precedence, normalisation, scheme and SQLite
+folder) is msdn_tune.integrations.tracking_uri, re-exported here, so that `msdn-tune run` can
+check a URI before Ray starts without importing MLflow.
 """
 
 from __future__ import annotations
@@ -27,6 +29,15 @@ from mlflow.exceptions import MlflowException
 from msdn_tune.cache import cache_root
 from msdn_tune.errors import TrackingError
 from msdn_tune.integrations.mlflow.guard import quick_http
+from msdn_tune.integrations.tracking_uri import (
+    MLFLOW_SCHEMES,
+    check_local_store,
+    default_tracking_uri,
+    is_http,
+    resolve_tracking_uri,
+    sqlite_path,
+)
+from msdn_tune.safeload import shorten
 
 logger = logging.getLogger(__name__)
 
@@ -37,69 +48,20 @@ UNREACHABLE_HINT = (
 )
 
 
-# --- URIs ----------------------------------------------------------------------------------------
+# --- URIs (text only: msdn_tune.integrations.tracking_uri, which needs no MLflow) ------------
 
-
-def is_http(uri: str) -> bool:
-    """Whether ``uri`` names a tracking server rather than a database."""
-    return uri.startswith(("http://", "https://"))
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (relative paths resolved against the cwd)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    raw = uri[len("sqlite:///") :].split("?", 1)[0]
-    return Path(raw) if raw.startswith("/") else Path.cwd() / raw
-
-
-def default_tracking_uri(cwd: Path | None = None) -> str:
-    """``sqlite:///<abs cwd>/mlflow.db``: MLflow 3's own default, made absolute.
-
-    Absolute because Ray runs each trial in its own working directory: a relative SQLite path
-    would give every trial a private, empty database.
-    """
-    base = (cwd or Path.cwd()).resolve()
-    return f"sqlite:///{base / 'mlflow.db'}"
-
-
-def _normalise_uri(uri: str) -> str:
-    uri = uri.strip()
-    if uri.startswith("sqlite:///"):
-        rest = uri[len("sqlite:///") :]
-        path, sep, query = rest.partition("?")
-        if not path.startswith("/"):
-            path = str((Path.cwd() / path).resolve())
-        return f"sqlite:///{path}{sep}{query}"
-    if "://" in uri or uri.startswith("file:"):
-        allow_files = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true")
-        if uri.startswith("file:") and not allow_files:
-            raise TrackingError(
-                f"tracking URI {uri!r}: MLflow >= 3.13 refuses the file store; use "
-                "sqlite:///path/to/mlflow.db (or set MLFLOW_ALLOW_FILE_STORE=true)"
-            )
-        return uri.rstrip("/") if is_http(uri) else uri
-    # a bare path: a *.db file means SQLite; a directory would be the refused file store
-    if uri.endswith((".db", ".sqlite", ".sqlite3")):
-        return f"sqlite:///{(Path.cwd() / uri).resolve()}"
-    raise TrackingError(
-        f"tracking URI {uri!r}: expected sqlite:///path/mlflow.db, http(s)://host:port or a "
-        "database URI; a plain directory would be MLflow's file store, which MLflow >= 3.13 refuses"
-    )
-
-
-def resolve_tracking_uri(cli: str | None = None, space: str | None = None) -> str:
-    """The tracking URI to use: ``cli`` > the space file's value > ``$MLFLOW_TRACKING_URI`` >
-    :func:`default_tracking_uri`.
-
-    Relative SQLite paths are made absolute against the current directory (see
-    :func:`default_tracking_uri` for why); a relative path in a space file is therefore relative
-    to where ``msdn-tune`` is run, not to the space file.
-    """
-    for candidate in (cli, space, os.environ.get("MLFLOW_TRACKING_URI")):
-        if candidate and candidate.strip():
-            return _normalise_uri(candidate)
-    return default_tracking_uri()
+__all__ = [
+    "MLFLOW_SCHEMES",
+    "check_local_store",
+    "check_tracking",
+    "default_tracking_uri",
+    "ensure_experiment",
+    "is_http",
+    "resolve_tracking_uri",
+    "seed_sqlite_store",
+    "slug",
+    "sqlite_path",
+]
 
 
 # --- reachability --------------------------------------------------------------------------------
@@ -122,8 +84,8 @@ def probe_http(uri: str, timeout_s: float) -> str | None:
     """GET /health, then /version; None when the server answers, else the reason it did not."""
     reason = "no answer"
     for path in ("/health", "/version"):
-        req = urllib.request.Request(uri.rstrip("/") + path, headers=_auth_headers())
         try:
+            req = urllib.request.Request(uri.rstrip("/") + path, headers=_auth_headers())
             with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - http(s) only
                 if resp.status == 200:
                     return None
@@ -131,7 +93,9 @@ def probe_http(uri: str, timeout_s: float) -> str | None:
         except urllib.error.HTTPError as exc:
             reason = f"HTTP {exc.code} from {path}"
         except (urllib.error.URLError, OSError) as exc:
-            return str(getattr(exc, "reason", exc))
+            return shorten(str(getattr(exc, "reason", exc)), 200)
+        except ValueError as exc:  # a malformed host or port (bad IPv6 brackets, IDNA labels)
+            return f"not a valid URL ({shorten(str(exc), 120)})"
     return reason
 
 
@@ -139,37 +103,30 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
     """Fail in seconds, with the URI and a hint, when the tracking store cannot be used.
 
     http(s): the server must answer ``/health`` (or ``/version``) and one API call within
-    ``timeout_s``. SQLite: the database's directory must exist and be writable (the file itself
-    is created on first use). Other database URIs are left to MLflow.
+    ``timeout_s``. SQLite: the database's directory must exist and take a new file (the file
+    itself is created on first use; :func:`check_local_store`). Other URIs: their scheme must be
+    one MLflow has a store for; the rest is left to MLflow.
     """
     if is_http(uri):
         reason = probe_http(uri, timeout_s)
         if reason is not None:
             raise TrackingError(
-                f"cannot reach the MLflow tracking server at {uri} ({reason}); {UNREACHABLE_HINT}"
+                f"cannot reach the MLflow tracking server at {shorten(uri)} ({reason}); "
+                f"{UNREACHABLE_HINT}"
             )
         try:
             with quick_http(timeout_s):
                 MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
         except Exception as exc:  # noqa: BLE001 - any failure here means "not usable"
             raise TrackingError(
-                f"the server at {uri} answers /health but its MLflow API failed ({exc}); "
+                f"the server at {shorten(uri)} answers /health but its MLflow API failed ({exc}); "
                 "is it an MLflow tracking server?"
             ) from exc
         return
-    db = sqlite_path(uri)
-    if db is not None:
-        if not db.parent.is_dir():
-            raise TrackingError(
-                f"tracking URI {uri}: directory {db.parent} does not exist; create it or pass "
-                "another --tracking-uri"
-            )
-        target = db if db.exists() else db.parent
-        if not os.access(target, os.W_OK):
-            raise TrackingError(f"tracking URI {uri}: {target} is not writable")
+    if sqlite_path(uri) is not None:
+        check_local_store(uri)
         return
-    if uri.startswith("file:"):
-        _normalise_uri(uri)  # raises unless the file store is explicitly allowed
+    resolve_tracking_uri(uri)  # an unknown scheme, or the refused file store, raises
 
 
 # --- a new SQLite store --------------------------------------------------------------------------

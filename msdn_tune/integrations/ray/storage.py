@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,8 @@ from ray._private.runtime_env.packaging import (
 )
 
 from msdn_tune.console import human_bytes
-from msdn_tune.errors import ClusterError
+from msdn_tune.errors import ClusterError, ConfigError
+from msdn_tune.safeload import shorten
 
 # --- shared storage (docs/search.md B10, C4) -----------------------------------------------------
 
@@ -168,6 +170,61 @@ def check_cluster_storage(
     )
 
 
+# --- the storage path itself, checked before Ray starts ------------------------------------------
+
+#: Filesystems that hold no files of ours: the kernel's views (/proc, /sys, /dev and the like).
+#: As root a permission check passes there, and Ray fails only after it has started.
+PSEUDO_FS_TYPES = frozenset(
+    "proc sysfs devtmpfs devpts cgroup cgroup2 securityfs debugfs tracefs bpf pstore configfs "
+    "mqueue hugetlbfs fusectl binfmt_misc autofs efivarfs rpc_pipefs nsfs".split()
+)
+NAME_MAX = 255  # bytes in one path component (Linux)
+PATH_MAX = 4095
+
+
+def checked_storage(spec: str, what: str = "storage_path") -> StudyStorage:
+    """The :class:`StudyStorage` of `spec`, refused in one line (ConfigError, ClusterError) when
+    Ray could not write there: checked before Ray starts, which otherwise fails with a traceback
+    after it has started.
+
+    A local path (or file:// URI) must be a folder, or one that can be created: its nearest
+    existing ancestor is a folder on a real filesystem that takes a new entry (tried by making
+    and removing a temporary folder there, since a permission check says yes to root even in
+    /proc). Another URI must be one pyarrow can open (:meth:`StudyStorage.from_spec`).
+    """
+    where = f"{what} {shorten(spec)}"
+    if "\x00" in spec:
+        raise ConfigError(f"{where}: holds a NUL character")
+    local = _local_part(spec)
+    if local is None:
+        return StudyStorage.from_spec(spec)
+    path = os.path.abspath(os.path.expanduser(local))
+    raw = os.fsencode(path)
+    if len(raw) > PATH_MAX:
+        raise ConfigError(f"{where}: the path is longer than {PATH_MAX} bytes")
+    if any(len(part) > NAME_MAX for part in raw.split(b"/")):
+        raise ConfigError(f"{where}: a name in the path is longer than {NAME_MAX} bytes")
+    existing = path
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        kind = "a file" if os.path.isfile(existing) else "not a folder"
+        raise ConfigError(f"{where}: {shorten(existing)} is {kind}; storage_path must be a folder")
+    fstype = mount_fstype(existing)
+    if fstype in PSEUDO_FS_TYPES:
+        raise ConfigError(
+            f"{where}: {shorten(existing)} is on the kernel's {fstype} filesystem, which holds "
+            "no files; choose a folder on a disk or a shared mount"
+        )
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".msdn-tune-probe-", dir=existing))
+    except OSError as exc:
+        raise ConfigError(
+            f"{where}: cannot create folders in {shorten(existing)} ({exc.strerror or exc})"
+        ) from None
+    return StudyStorage.from_spec(spec)
+
+
 def default_mirror_root() -> Path:
     """Where the driver keeps its copy of studies stored under a URI."""
     root = os.environ.get("MSDN_TUNE_CACHE")
@@ -207,8 +264,10 @@ class StudyStorage:
         try:
             fs, base = pafs.FileSystem.from_uri(spec)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for bad URIs
+            detail = " ".join(str(exc).split())  # pyarrow's messages may span lines
             raise ClusterError(
-                f"storage_path {spec}: pyarrow cannot open this URI ({exc})"
+                f"storage_path {shorten(spec)}: pyarrow cannot open this URI "
+                f"({shorten(detail, 200)})"
             ) from None
         parsed = urlparse(spec)
         mirror = (

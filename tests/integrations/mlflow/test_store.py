@@ -127,3 +127,39 @@ def test_check_tracking_fails_fast_with_a_clear_error(tmp_path):
     with pytest.raises(TrackingError, match="does not exist"):
         check_tracking(f"sqlite:///{tmp_path}/missing/dir/mlflow.db")
     check_tracking(f"sqlite:///{tmp_path}/mlflow.db")  # writable directory: fine
+
+
+# --- the URI checked as text, before Ray starts (issue 14) --------------------------------------
+
+
+def test_our_scheme_list_is_the_tracking_stores_mlflow_registers():
+    """The text check (integrations/tracking_uri.py, no MLflow import) must accept exactly what
+    MLflow's own registry has a store for; private API, checked against mlflow 3.17.2."""
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    from msdn_tune.integrations.tracking_uri import MLFLOW_SCHEMES, _plugin_schemes
+
+    assert set(_tracking_store_registry._registry) == MLFLOW_SCHEMES | _plugin_schemes()
+
+
+def test_an_unknown_scheme_or_an_unusable_local_store_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    (tmp_path / "afile").write_text("mine")
+    for uri, expected in [
+        ("bogus://x", "no tracking store for the scheme 'bogus:'"),
+        ("Z" * 500 + "://x", "no tracking store"),
+        ("sqlite:////proc/m.db", "cannot create or open"),
+        (f"sqlite:///{tmp_path}/afile/m.db", "does not exist"),
+        (f"sqlite:///{tmp_path}", "not a database file"),
+        (f"sqlite:///{tmp_path}/{'n' * 300}.db", "longer than 255"),
+        ("file:///tmp/mlruns", "file store"),
+        ("http://[::1", "not a valid URL"),
+    ]:
+        with pytest.raises(TrackingError) as err:
+            check_tracking(resolve_tracking_uri(cli=uri), timeout_s=1)
+        text = str(err.value)
+        assert expected in text and "\n" not in text and len(text) < 600, (uri, text)
+    for uri in ("postgresql+psycopg2://u@h/db", "databricks", "databricks-uc", "https://h:1"):
+        assert resolve_tracking_uri(cli=uri)  # accepted as text; reachability is later
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # probes leave nothing

@@ -147,3 +147,35 @@ def test_an_upload_over_the_limit_is_refused_and_over_half_of_it_warned(tmp_path
     warn = check_upload_size(scan_working_dir(root, []), limit=1024 * 1024 * 1024)
     assert len(warn) == 1 and "over half" in warn[0] and "huge.bin" in warn[0]
 
+
+
+# --- the storage path checked before Ray starts (issue 14) --------------------------------------
+
+
+def test_a_storage_path_ray_could_not_write_is_refused_in_one_line(tmp_path):
+    from msdn_tune.errors import MsdnTuneError
+    from msdn_tune.integrations.ray.storage import checked_storage
+
+    (tmp_path / "afile").write_text("a user's file")
+    refused = {
+        str(tmp_path / "afile"): "is a file",
+        str(tmp_path / "afile" / "deeper" / "studies"): "is a file",
+        "/proc/studies": "proc filesystem",
+        "/sys/kernel/studies": "sysfs filesystem",
+        f"file://{tmp_path}/afile/x": "is a file",
+        str(tmp_path / ("n" * 256)): "longer than 255 bytes",
+        str(tmp_path / "a\x00b"): "NUL",
+        "bogus://bucket/x": "pyarrow cannot open",
+    }
+    for spec, expected in refused.items():
+        with pytest.raises(MsdnTuneError) as err:
+            checked_storage(spec)
+        text = str(err.value)
+        assert expected in text and "\n" not in text and len(text) < 400, (spec, text)
+    assert (tmp_path / "afile").read_text() == "a user's file"
+    # Accepted: an existing folder, one still to be created, a file:// URI; nothing is left
+    # behind by the check (its probe folder is removed, the new folder not made).
+    for spec in (str(tmp_path), str(tmp_path / "new" / "studies"), f"file://{tmp_path}/x"):
+        store = checked_storage(spec)
+        assert store.uri is None and store.local_root.is_absolute()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
