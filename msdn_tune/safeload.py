@@ -54,7 +54,7 @@ def read_text(path: str | Path, *, error: type[MsdnTuneError], what: str = "file
               max_bytes: int = MAX_BYTES) -> str:
     """The UTF-8 text of `path`, or `error` naming the file: missing, a folder, too large,
     unreadable (a name too long for the file system included) or not UTF-8."""
-    source = str(path)
+    source = str(path) if len(str(path)) <= SHORT else shorten(str(path))
     p = Path(path)
     try:
         if not p.exists():
