@@ -1,8 +1,8 @@
 """Property-based fuzzing of `msdn-tune space validate` (issue 14): valid space documents
 mutated (types, huge and negative numbers, wrong containers, unicode, deep nesting, long strings,
 raw YAML tags) and given to the command line in-process. Whatever the file, the answer is exit 0
-with an `ok:` line or exit 2 with exactly one `error:` line: never a traceback, never slower than a
-few seconds.
+with an `ok:` line or exit 2 with exactly one `error:` line: never a traceback, never more than a
+few seconds of CPU per file.
 
 The default budget keeps this file under a minute on two cores. For a larger run set
 ``MSDN_TUNE_FUZZ_EXAMPLES`` (examples per test, e.g. 5000)::
@@ -49,10 +49,13 @@ def _dump(doc: object) -> str:
 def _check(tmp_path: Path, text: str) -> None:
     path = tmp_path / "fuzz.yaml"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
-    start = time.monotonic()
+    start, cpu = time.monotonic(), time.process_time()
     result = space("validate", path)
-    elapsed = time.monotonic() - start
-    assert elapsed < CASE_SECONDS, f"{elapsed:.1f}s"
+    # CPU time bounds the work (a loaded CI machine stretches wall time); wall time, generously,
+    # catches a wait
+    spent = time.process_time() - cpu
+    assert spent < CASE_SECONDS, f"{spent:.1f}s of CPU"
+    assert time.monotonic() - start < 20 * CASE_SECONDS
     assert_outcome(result)
 
 
