@@ -279,3 +279,20 @@ def test_run_with_a_bad_space_stops_before_ray(tmp_path):
         assert exit_code == 2, (path, stderr)
         lines = stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), (path, stderr)
+
+
+def test_space_validate_stays_light():
+    """`space validate` gives the file to Optuna but loads no torch, Ray, MLflow or pyarrow."""
+    demo = str(ROOT / "search_spaces" / "demo.yaml")
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from msdn_tune.cli.main import main\n"
+        f"r = CliRunner().invoke(main, ['space', 'validate', {demo!r}])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print([m for m in ('torch', 'ray', 'mlflow', 'pyarrow') if m in sys.modules])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
