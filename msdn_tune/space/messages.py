@@ -68,8 +68,10 @@ def key_path(where: Where) -> str:
     """`params.lr.low`, `objective[1].metric`: how a user finds the key in the file."""
     out = ""
     for part in where:
-        # a key may be anything the user typed (a megabyte, a number): shown cut, like values
-        text = part if isinstance(part, str) and len(part) <= 40 else shorten(part, 40)
+        # a key may be anything the user typed (a megabyte, a line break): shown cut and
+        # escaped, like values
+        plain = isinstance(part, str) and len(part) <= 40 and part.isprintable()
+        text = part if plain else shorten(part, 40)
         out += f"[{text}]" if isinstance(part, int) else (f".{text}" if out else text)
     return out
 

@@ -133,6 +133,16 @@ def test_space_file_name_too_long(tmp_path):
     assert "cannot read" in line or "no such file" in line
 
 
+@pytest.mark.parametrize("key", ["\r", "a\nb", "\u2028", "k" * 5000])
+def test_unknown_key_is_shown_on_one_bounded_line(tmp_path, key):
+    doc = base_doc()
+    doc[key] = 1
+    assert_refused(space("validate", _write(tmp_path, doc)), "unknown key")
+    doc = base_doc()
+    doc["sampler"][key] = 1
+    assert_refused(space("validate", _write(tmp_path, doc)), "sampler.", "unknown option")
+
+
 def test_file_name_that_is_no_study_name(tmp_path):
     doc = base_doc()
     del doc["name"]
