@@ -71,7 +71,7 @@ def key_path(where: Where) -> str:
         # a key may be anything the user typed (a megabyte, a line break): shown cut and
         # escaped, like values
         plain = isinstance(part, str) and len(part) <= 40 and part.isprintable()
-        text = part if plain else shorten(part, 40)
+        text = str(part) if plain else shorten(part, 40)
         out += f"[{text}]" if isinstance(part, int) else (f".{text}" if out else text)
     return out
 
