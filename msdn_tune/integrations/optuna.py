@@ -7,6 +7,7 @@ imports optuna.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import re
@@ -14,12 +15,16 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from msdn_tune.errors import SpaceError
+from msdn_tune.safeload import shorten
 from msdn_tune.space import ParamSpec, StudySpec
-from msdn_tune.trials import TrialRow
+
+if TYPE_CHECKING:  # trials imports pyarrow, which `space validate` must not wait for
+    from msdn_tune.trials import TrialRow
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +127,61 @@ def optuna_distributions(space: StudySpec) -> dict[str, Any]:
         else:
             out[name] = optuna.distributions.CategoricalDistribution(list(p.choices or ()))
     return out
+
+
+_REFUSALS = (ValueError, TypeError, ArithmeticError, ImportError)
+"""What Optuna raises when it refuses a distribution or sampler setting (ValueError is the
+documented one; numbers and missing optional packages surface as the others)."""
+
+
+def check_space(space: StudySpec) -> None:
+    """Build what a study builds from `space` (each distribution, the sampler, a study) and
+    suggest one trial with the define-by-run function, so `space validate` rejects here what
+    Optuna would refuse once Ray runs the study.
+
+    Raises:
+        SpaceError: naming the file and the key Optuna refused, in one line.
+    """
+    source = str(space.path) if space.path else "<dict>"
+
+    def refused(key: str, exc: BaseException) -> SpaceError:
+        detail = shorten(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 160)
+        return SpaceError(f"{source}: {key}: Optuna refuses this: {detail}")
+
+    dists: dict[str, Any] = {}
+    for name in space.params:
+        try:
+            dists.update(optuna_distributions(_only(space, name)))
+        except _REFUSALS as exc:
+            raise refused(f"params.{name}", exc) from None
+    try:
+        sampler = make_sampler(space)
+    except _REFUSALS as exc:
+        raise refused("sampler", exc) from None
+    directions = [optuna.study.StudyDirection.MAXIMIZE if o.mode == "max"
+                  else optuna.study.StudyDirection.MINIMIZE for o in space.objectives]
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study = optuna.create_study(directions=directions, sampler=sampler)
+            trial = study.ask()
+            define_by_run(space)(trial)
+    except _REFUSALS as exc:
+        raise refused("params", exc) from None
+    finally:
+        optuna.logging.set_verbosity(previous)
+    for name, value in trial.params.items():
+        if not dists[name]._contains(dists[name].to_internal_repr(value)):
+            # Distribution._contains: private API of optuna, checked against optuna 5.0.0
+            raise SpaceError(f"{source}: params.{name}: Optuna suggested {shorten(value)}, "
+                             "outside the range")
+
+
+def _only(space: StudySpec, name: str) -> StudySpec:
+    """`space` with one parameter, so a refused distribution is named."""
+    return dataclasses.replace(space, params={name: space.params[name]})
 
 
 def frozen_trials(space: StudySpec, rows: list[TrialRow], *, include_pruned: bool = False

@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from msdn_tune.errors import ConfigError
+from msdn_tune.safeload import shorten
 from msdn_tune.space.document import same
 from msdn_tune.space.messages import Where, describe, fail, hint, unknown
+from msdn_tune.space.options import SETTING_BOUNDS
 from msdn_tune.space.params import ParamSpec, categorical_assignments, dependency_order, is_member
 from msdn_tune.train.config import FIELD_CHOICES, FIELD_TYPES, TrainConfig
 
@@ -59,6 +61,24 @@ class Checker:
         if kind is int and spec.type == "float":
             self.fail(where + ("type",), f"{spec.name} takes whole numbers; use type: int")
 
+    def within_bounds(self, spec: ParamSpec, where: Where) -> None:
+        """A searched integer setting stays within what it may take (options.SETTING_BOUNDS):
+        the same bounds as under fixed:, which the schema states there."""
+        if spec.name not in SETTING_BOUNDS:
+            return
+        low, high = SETTING_BOUNDS[spec.name]
+        values: list[tuple[Where, Any]]
+        if spec.type == "categorical":
+            values = [(("choices", i), c) for i, c in enumerate(spec.choices or ())]
+        else:
+            values = [(("low",), spec.low), (("high",), spec.high)]
+        for at, value in values:
+            if isinstance(value, int) and not low <= value <= high:
+                self.fail(
+                    where + at,
+                    f"{spec.name} must be in {low}..{high} (got {shorten(value)})",
+                )
+
     def not_also_fixed(self, params: dict[str, ParamSpec], fixed: dict[str, Any]) -> None:
         """A setting is either fixed or searched."""
         for name in params:
@@ -98,7 +118,8 @@ class Checker:
                     if not is_member(v, target.choices or ()):
                         self.fail(
                             at + (i,),
-                            f"{v!r} is not one of {parent}'s choices {list(target.choices or ())}",
+                            f"{shorten(v)} is not one of {parent}'s choices "
+                            f"{shorten(list(target.choices or ()), 200)}",
                         )
         dependency_order(
             params,
@@ -174,7 +195,7 @@ class Checker:
         context = {k: v for k, v in combo.items() if k != key} if depends else {}
         suffix = ""
         if context:
-            shown = ", ".join(f"{k}={v!r}" for k, v in context.items())
+            shown = ", ".join(f"{k}={shorten(v)}" for k, v in context.items())
             advice = f"; make {key} conditional with `when:`" if key in params else ""
             suffix = f" (with {shown}{advice})"
         if key in params:

@@ -16,13 +16,22 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from msdn_tune.safeload import shorten
 from msdn_tune.space.options import (
+    FLOAT_MAX,
     FORMAT_VERSION,
+    INT64_MAX,
+    MAX_CHOICES,
+    MAX_CONCURRENT,
+    MAX_TRIALS,
     NAME_PATTERN,
+    SETTING_BOUNDS,
     ASHAScheduler,
+    Int,
     Metric,
     Mode,
     Number,
+    Real,
     Resources,
     Sampler,
     Scheduler,
@@ -47,9 +56,9 @@ if TYPE_CHECKING:  # the Literals are built from TrainConfig at run time; mypy s
 else:
     Setting = Literal[TrainConfig.field_names()]
     Searchable = Literal[tuple(f for f in TrainConfig.field_names() if f not in NOT_SEARCHABLE)]
-Scalar = str | int | float | bool
+Scalar = str | Number | bool
 When = Annotated[
-    dict[Setting, Annotated[list[Scalar], Field(min_length=1)]],
+    dict[Setting, Annotated[list[Scalar], Field(min_length=1, max_length=MAX_CHOICES)]],
     Field(
         min_length=1,
         description="Exists only while each named categorical parameter takes one of the "
@@ -74,7 +83,9 @@ class FloatParam(Section):
     low: Number = Field(description="Lower bound (inclusive).")
     high: Number = Field(description="Upper bound (inclusive); > low.")
     log: bool = Field(False, description="Sample on a log scale.")
-    step: Number | None = Field(None, gt=0, description="Grid step (not with log).")
+    step: Real | None = Field(
+        None, gt=0, le=FLOAT_MAX, description="Grid step (not with log); at most high - low."
+    )
     when: When | None = None
 
     @model_validator(mode="after")
@@ -87,15 +98,17 @@ class IntParam(Section):
     """An int parameter: low..high, on a log scale or every step-th value."""
 
     type: Literal["int"]
-    low: int = Field(description="Lower bound (inclusive).")
-    high: int = Field(description="Upper bound (inclusive); > low.")
+    low: Int = Field(description="Lower bound (inclusive).")
+    high: Int = Field(description="Upper bound (inclusive); > low.")
     log: bool = Field(False, description="Sample on a log scale.")
-    step: int = Field(1, ge=1, description="Grid step (1 with log).")
+    step: Int | None = Field(
+        1, ge=1, description="Grid step (1 with log; null: 1); at most high - low."
+    )
     when: When | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> IntParam:
-        _check_range(self.low, self.high, self.log, self.step, is_int=True)
+        _check_range(self.low, self.high, self.log, self.step or 1, is_int=True)
         return self
 
 
@@ -104,15 +117,23 @@ class CategoricalParam(Section):
 
     type: Literal["categorical"]
     choices: list[Scalar] = Field(
-        min_length=1, json_schema_extra={"uniqueItems": True}, description="The values to try."
+        min_length=1,
+        max_length=MAX_CHOICES,
+        json_schema_extra={"uniqueItems": True},
+        description="The values to try.",
     )
     when: When | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> CategoricalParam:
+        seen: set[tuple[bool, Any]] = set()
         for i, c in enumerate(self.choices):
-            if any(same(c, d) for d in self.choices[:i]):
-                raise _space_error(f"duplicate choice {c!r}", "choices", i, kind="unique_items")
+            key = identity(c)
+            if key in seen:
+                raise _space_error(
+                    f"duplicate choice {shorten(c)}", "choices", i, kind="unique_items"
+                )
+            seen.add(key)
         return self
 
 
@@ -145,6 +166,13 @@ ObjectiveField = Annotated[
 def _setting_type(name: str) -> Any:
     if name in FIELD_CHOICES:
         return Literal[FIELD_CHOICES[name]]
+    if name in SETTING_BOUNDS:
+        low, high = SETTING_BOUNDS[name]
+        return Annotated[FIELD_TYPES[name], Field(ge=low, le=high)]
+    if FIELD_TYPES[name] is float:
+        return Annotated[float, Field(ge=-FLOAT_MAX, le=FLOAT_MAX)]
+    if FIELD_TYPES[name] is int:  # an integer setting added without bounds: 64-bit at least
+        return Int
     return FIELD_TYPES[name]
 
 
@@ -205,9 +233,12 @@ class SpaceDocument(Section):
         default_factory=lambda: ASHAScheduler.model_validate({}),
         description="Early stopping: {type: asha, grace_period, max_t, ...} or {type: none}.",
     )
-    num_samples: int = Field(ge=1, description="Number of trials.")
+    num_samples: int = Field(ge=1, le=MAX_TRIALS, description="Number of trials.")
     max_concurrent_trials: int = Field(
-        1, ge=1, description="Trials run at once (always set with Optuna: docs/search.md B3)."
+        1,
+        ge=1,
+        le=MAX_CONCURRENT,
+        description="Trials run at once (always set with Optuna: docs/search.md B3).",
     )
     resources: Resources = Field(
         default_factory=lambda: Resources.model_validate({}),
@@ -232,12 +263,22 @@ def same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+def identity(value: Any) -> tuple[bool, Any]:
+    """A hashable key with the equality of :func:`same` (1 and 1.0 alike, true apart), so
+    duplicates among many values are found in linear time."""
+    return (isinstance(value, bool), value)
+
+
 def _check_range(
     low: float, high: float, log: bool, step: float | None, *, is_int: bool
 ) -> None:
-    """Rules between a numeric parameter's keys (a schema checks each key alone)."""
+    """Rules between a numeric parameter's keys (a schema checks each key alone).
+
+    Each one is a range Optuna would refuse, or silently change: a step larger than the range
+    collapses it to [low, low], a width beyond the largest float makes every draw infinite.
+    """
     if low >= high:
-        raise _space_error(f"must be < high (got {low} >= {high})", "low")
+        raise _space_error(f"must be < high (got {shorten(low)} >= {shorten(high)})", "low")
     if log:
         if low <= 0:
             raise _space_error(f"log scale needs low > 0 (got {low})", "low")
@@ -249,9 +290,44 @@ def _check_range(
             )
         if is_int and step != 1:
             raise _space_error(f"must be 1 with log: true (got {step})", "step")
+    if is_int:
+        istep = int(step or 1)
+        width = int(high) - int(low)
+        if istep > width:
+            raise _space_error(
+                f"must be at most high - low = {width} (got {shorten(istep)}): a larger step "
+                "leaves only low",
+                "step",
+            )
+        if width % istep:
+            raise _space_error(
+                f"high - low must be a multiple of step (got ({high} - {low}) / {istep} = "
+                f"{width / istep:.4g})",
+                "step",
+            )
+        return
+    width_f = float(high) - float(low)
+    if not math.isfinite(width_f):
+        raise _space_error(
+            f"high - low must be at most {FLOAT_MAX:.4g}, the largest float (got {low} .. "
+            f"{high})",
+            "high",
+        )
     if step is not None:
-        n = (high - low) / step
-        if abs(n - round(n)) > 1e-9 * max(1.0, abs(n)) or not math.isfinite(n):
+        if step > width_f:
+            raise _space_error(
+                f"must be at most high - low = {width_f:g} (got {step:g}): Optuna would "
+                "collapse the range to low",
+                "step",
+            )
+        n = width_f / float(step)
+        if not math.isfinite(n) or n > INT64_MAX:
+            raise _space_error(
+                f"too small for the range: (high - low) / step = {n:.4g} grid points (at most "
+                f"{INT64_MAX:.4g})",
+                "step",
+            )
+        if abs(n - round(n)) > 1e-9 * max(1.0, abs(n)):
             raise _space_error(
                 f"high - low must be a multiple of step (got ({high} - {low}) / {step} = "
                 f"{n:.4g})",

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from msdn_tune.errors import SpaceError
+from msdn_tune.safeload import shorten
 from msdn_tune.space.document import (
     NOT_SEARCHABLE,
     CategoricalParam,
@@ -27,6 +28,7 @@ from msdn_tune.space.document import (
 )
 from msdn_tune.space.options import (
     EPOCH_METRICS,
+    FLOAT_MAX,
     FORMAT_VERSION,
     MODES,
     OBJECTIVE_METRICS,
@@ -53,7 +55,8 @@ _KIND_WORDS = {
 # The labels pydantic puts in an error path for the member of a plain union that failed.
 _UNION_LABELS = {"int", "float", "str", "bool", "list[union[str,int,float,bool]]"}
 _TAG = re.compile(r"<[^>]*>")
-_MAX_SHOWN = 80
+_MAX_HINTED = 100
+"""Longest word a "did you mean" hint is looked up for (difflib is quadratic)."""
 
 
 def fail(source: str, where: Where, message: str) -> NoReturn:
@@ -65,7 +68,11 @@ def key_path(where: Where) -> str:
     """`params.lr.low`, `objective[1].metric`: how a user finds the key in the file."""
     out = ""
     for part in where:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        # a key may be anything the user typed (a megabyte, a line break): shown cut and
+        # escaped, like values
+        plain = isinstance(part, str) and len(part) <= 40 and part.isprintable()
+        text = str(part) if plain else shorten(part, 40)
+        out += f"[{text}]" if isinstance(part, int) else (f".{text}" if out else text)
     return out
 
 
@@ -76,16 +83,29 @@ def describe(value: Any) -> str:
     if isinstance(value, bool):
         return f"the boolean {str(value).lower()}"
     if isinstance(value, str):
-        return f"the string {_shorten(repr(value))}"
+        return f"the string {shorten(value)}"
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    return _shorten(repr(value))
+    return shorten(value)
 
 
-def hint(word: str, options: Iterable[str]) -> str:
-    """A "did you mean" suffix; case is ignored so best/h suggests best/H."""
+def number(value: Any) -> str:
+    """A bound or a value in a message: integers exactly, floats short, anything else cut."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return shorten(value)
+
+
+def hint(word: Any, options: Iterable[str]) -> str:
+    """A "did you mean" suffix; case is ignored so best/h suggests best/H.
+
+    Only a short string gets a hint: anything else (a list, a megabyte of text) is never turned
+    into a string here.
+    """
+    if not isinstance(word, str) or len(word) > _MAX_HINTED:
+        return ""
     by_lower = {o.lower(): o for o in options}
     close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
     return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
@@ -94,7 +114,7 @@ def hint(word: str, options: Iterable[str]) -> str:
 def unknown(noun: str, value: Any, options: Sequence[str]) -> str:
     """`unknown sampler 'bayes' (did you mean ...?); expected one of: ...`."""
     return (
-        f"unknown {noun} {_shorten(repr(value))}{hint(str(value), options)}; expected one of: "
+        f"unknown {noun} {shorten(value)}{hint(value, options)}; expected one of: "
         f"{', '.join(options)}"
     )
 
@@ -176,7 +196,7 @@ def _word(err: ErrorDetails, where: Where, is_key: bool, doc: Any) -> str:
     if kind in _KIND_WORDS:
         return f"expected {_KIND_WORDS[kind]} (got {describe(value)}{_type_hint(kind, value)})"
     if kind == "finite_number":
-        return f"must be finite (got {value})"
+        return f"must be finite (got {describe(value)})"
     bounds = {
         "greater_than": (">", "gt"),
         "greater_than_equal": (">=", "ge"),
@@ -185,15 +205,19 @@ def _word(err: ErrorDetails, where: Where, is_key: bool, doc: Any) -> str:
     }
     if kind in bounds:
         op, key = bounds[kind]
-        return f"must be {op} {ctx[key]:g} (got {value})"
+        return f"must be {op} {number(ctx[key])} (got {describe(value)})"
     if kind in ("too_short", "string_too_short"):
         return _empty(where, value)
+    if kind in ("too_long", "string_too_long"):
+        if isinstance(value, str):
+            return f"at most {ctx.get('max_length')} characters (got {len(value):,})"
+        return f"at most {ctx.get('max_length')} items (got {len(value):,})"
     if kind == "string_pattern_mismatch" and last == "name":
         return (
-            f"{_shorten(repr(value))} is not a valid study name: use letters, digits, '.', '_' "
+            f"{shorten(value)} is not a valid study name: use letters, digits, '.', '_' "
             "or '-' (it names directories and MLflow runs), at most 100 characters"
         )
-    return f"{err['msg']} (got {describe(value)})"
+    return f"{shorten(err['msg'], 200)} (got {describe(value)})"
 
 
 def _unknown_key(where: Where, doc: Any) -> str:
@@ -203,8 +227,8 @@ def _unknown_key(where: Where, doc: Any) -> str:
     if section[:1] == ("params",) and len(section) == 3 and section[2] == "when":
         params = [str(p) for p in (doc.get("params") or {})]
         return (
-            f"condition on unknown parameter {key!r}{hint(key, params)}; searched parameters: "
-            f"{', '.join(params)}"
+            f"condition on unknown parameter {shorten(key)}{hint(key, params)}; searched "
+            f"parameters: {shorten(', '.join(params), 200)}"
         )
     if section in (("params",), ("fixed",)):
         if section == ("params",) and key in NOT_SEARCHABLE:
@@ -287,6 +311,8 @@ def _type_hint(kind: str, value: Any) -> str:
         return "; write the number without quotes"
     if kind == "int_type" and isinstance(value, float):
         return "; this setting takes whole numbers"
+    if kind == "float_type" and isinstance(value, int) and not isinstance(value, bool):
+        return f"; too large: at most {FLOAT_MAX:.4g} in size"
     return ""
 
 
@@ -309,6 +335,3 @@ def _looks_numeric(text: str) -> bool:
         return False
     return True
 
-
-def _shorten(text: str) -> str:
-    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."

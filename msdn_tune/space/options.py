@@ -8,6 +8,7 @@ search_spaces/schema.json is generated from them, so the two cannot drift.
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
@@ -47,11 +48,57 @@ STARTUP_DEFAULT = {"tpe": 10, "gp": 10, "cmaes": 1}
 """n_startup_trials when the file leaves it out: the Optuna 5 constructor defaults, raised to
 max_concurrent_trials (docs/search.md B4)."""
 
+# ------------------------------------------------------------------------------------------------
+# Bounds: every number a space file holds is bounded where something downstream has a bound, so
+# a value is refused here rather than by torch, numpy, Optuna or Ray once the study is running.
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""Integers are 64-bit downstream (torch, numpy, Arrow, MLflow)."""
+FLOAT_MAX = sys.float_info.max
+"""The largest finite 64-bit float: a longer integer cannot become a float."""
+SEED_MAX = 2**32 - 1
+"""numpy's legacy seeding and Optuna's samplers take 0..2**32-1 (torch takes more)."""
+MAX_TRIALS = 1_000_000
+"""num_samples, n_startup_trials and population_size: far beyond any real study."""
+MAX_CONCURRENT = 10_000
+MAX_EPOCHS = 100_000
+MAX_THREADS = 4096
+MAX_BATCH = 1 << 20
+MAX_CPU = 4096
+"""One trial's bundle must fit on one node."""
+MAX_GPU = 256
+MIN_RESOURCE = 0.0001
+"""Ray's resource granularity: a smaller non-zero amount rounds to nothing."""
+MAX_BRACKETS = 100
+MIN_REDUCTION = 1.1
+"""ASHA makes log(max_t / grace_period) / log(reduction_factor) rungs: bounded this way."""
+MAX_CHOICES = 1000
+"""Choices of a categorical parameter and values of a `when` list (kept small so checks that
+compare them stay fast)."""
+
+SETTING_BOUNDS: dict[str, tuple[int, int]] = {
+    "seed": (0, SEED_MAX),
+    "epochs": (1, MAX_EPOCHS),
+    "threads": (0, MAX_THREADS),
+    "batch_size": (2, MAX_BATCH),
+    "eval_batch_size": (1, MAX_BATCH),
+}
+"""The integer trainer settings and the values they may take, fixed or searched. TrainConfig
+checks the lower bounds itself; the upper ones are what torch, numpy and Optuna accept (seeds),
+or sensible limits (a study of 10**9 epochs is a typo)."""
+
+Int = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+"""An integer as torch and numpy hold it (64-bit)."""
+
 Metric = Literal[OBJECTIVE_METRICS]  # type: ignore[valid-type]
 EpochMetric = Literal[EPOCH_METRICS]  # type: ignore[valid-type]
 Mode = Literal["max", "min"]
-Number = int | float
-"""A number as written: ints stay ints (`space show` prints what the file says)."""
+Number = Annotated[int | float, Field(ge=-FLOAT_MAX, le=FLOAT_MAX)]
+"""A finite number as written: ints stay ints (`space show` prints what the file says), and an
+integer too long to become a float is refused."""
+Real = int | float
+"""A number for a field that states both its bounds itself (pydantic's schema would show only
+one of two `ge`s)."""
 
 
 class Section(BaseModel):
@@ -83,12 +130,20 @@ def tag_by_type(default: str | None) -> Any:
 # ------------------------------------------------------------------------------------------------
 # Samplers
 
-Seed = Annotated[int | None, Field(description="Sampler seed (null: unseeded). Same seed, same "
-                                   "first suggestions.")]
+Seed = Annotated[
+    int | None,
+    Field(
+        ge=0,
+        le=SEED_MAX,
+        description="Sampler seed, 0..2**32-1 (null: unseeded). Same seed, same first "
+        "suggestions.",
+    ),
+]
 NStartup = Annotated[
     int | None,
     Field(
         ge=0,
+        le=MAX_TRIALS,
         description="Random trials before the model-based sampler starts. Default: the "
         "library's default, raised to max_concurrent_trials (docs/search.md B4).",
     ),
@@ -137,8 +192,8 @@ class CmaEsSampler(Section):
     type: Literal["cmaes"]
     seed: Seed = 0
     n_startup_trials: NStartup = None
-    sigma0: Number | None = Field(
-        None, gt=0, description="Initial step size (null: Optuna's default)."
+    sigma0: Real | None = Field(
+        None, gt=0, le=FLOAT_MAX, description="Initial step size (null: Optuna's default)."
     )
     with_margin: bool = Field(False, description="CMA-ES with margin (better for int parameters).")
 
@@ -148,9 +203,9 @@ class NSGA2Sampler(Section):
 
     type: Literal["nsga2"]
     seed: Seed = 0
-    population_size: int = Field(50, ge=2, description="Individuals per generation.")
-    crossover_prob: Number = Field(0.9, ge=0, le=1, description="Crossover probability.")
-    mutation_prob: Number | None = Field(
+    population_size: int = Field(50, ge=2, le=MAX_TRIALS, description="Individuals per generation.")
+    crossover_prob: Real = Field(0.9, ge=0, le=1, description="Crossover probability.")
+    mutation_prob: Real | None = Field(
         None, ge=0, le=1, description="Mutation probability (null: 1/#params)."
     )
 
@@ -183,15 +238,18 @@ class ASHAScheduler(Section):
 
     type: Literal["asha"] = "asha"
     grace_period: int = Field(
-        1, ge=1, description="Epochs every trial runs before it can be stopped."
+        1, ge=1, le=MAX_EPOCHS, description="Epochs every trial runs before it can be stopped."
     )
     max_t: int | None = Field(
-        None, ge=1, description="Epochs of the top rung (null: the most epochs a trial runs)."
+        None,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="Epochs of the top rung (null: the most epochs a trial runs).",
     )
-    reduction_factor: Number = Field(
-        4, gt=1, description="Keep 1/reduction_factor of trials per rung."
+    reduction_factor: Real = Field(
+        4, ge=MIN_REDUCTION, le=FLOAT_MAX, description="Keep 1/reduction_factor of trials per rung."
     )
-    brackets: int = Field(1, ge=1, description="Number of ASHA brackets.")
+    brackets: int = Field(1, ge=1, le=MAX_BRACKETS, description="Number of ASHA brackets.")
     metric: EpochMetric | None = Field(
         None,
         description="Metric ASHA watches; it must be reported every epoch (null: the first "
@@ -222,16 +280,32 @@ Scheduler = Annotated[
 class Resources(Section):
     """Resources per trial: {cpu, gpu}."""
 
-    cpu: Number = Field(1, gt=0, description="CPUs reserved per trial (fractions allowed).")
-    gpu: Number = Field(
+    cpu: Real = Field(
+        1,
+        ge=MIN_RESOURCE,
+        le=MAX_CPU,
+        description="CPUs reserved per trial (fractions allowed, down to 0.0001).",
+    )
+    gpu: Real = Field(
         0,
         ge=0,
+        le=MAX_GPU,
         description="GPUs per trial: 0, a fraction < 1 to share a card (nothing isolates memory: "
         "only when two trials fit), or a whole number.",
     )
 
     @model_validator(mode="after")
     def _whole_or_fraction(self) -> Resources:
+        if 0 < self.gpu < MIN_RESOURCE:
+            raise PydanticCustomError(
+                "space",
+                "{message}",
+                {
+                    "message": f"must be 0 or at least {MIN_RESOURCE} (Ray's smallest amount; "
+                    f"got {self.gpu})",
+                    "at": ("gpu",),
+                },
+            )
         if self.gpu > 1 and float(self.gpu) != int(self.gpu):
             raise PydanticCustomError(
                 "space",
@@ -253,5 +327,9 @@ class Tracking(Section):
         "${VAR:-default} are expanded.",
     )
     experiment: str | None = Field(
-        None, description="MLflow experiment (null: the tracking layer's default)."
+        None,
+        min_length=1,
+        max_length=256,
+        description="MLflow experiment, at most 256 characters (null: the tracking layer's "
+        "default).",
     )

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import importlib.util
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from msdn_tune.safeload import shorten
 from msdn_tune.space.checks import Checker, max_epochs
 from msdn_tune.space.document import (
     CategoricalParam,
@@ -27,9 +29,9 @@ from msdn_tune.space.document import (
     ObjectiveDoc,
     SpaceDocument,
 )
-from msdn_tune.space.env import absolute_if_path, absolute_storage, expand
+from msdn_tune.space.env import absolute_if_path, absolute_storage, check_path, expand
 from msdn_tune.space.messages import describe, fail, raise_validation_error
-from msdn_tune.space.options import EPOCH_METRICS, STARTUP_DEFAULT, Section
+from msdn_tune.space.options import EPOCH_METRICS, NAME_PATTERN, STARTUP_DEFAULT, Section
 from msdn_tune.space.params import Objective, ParamSpec, dependency_order
 from msdn_tune.train.config import FIELD_TYPES
 
@@ -173,9 +175,18 @@ def _resolve(
 ) -> StudySpec:
     check = Checker(source)
     name = model.name if model.name is not None else (path.stem if path else "study")
+    if model.name is None and not re.fullmatch(NAME_PATTERN, name):
+        fail(
+            source,
+            ("name",),
+            f"the file name {shorten(name)} is not a valid study name (it names directories and "
+            "MLflow runs): add `name:` with letters, digits, '.', '_' or '-', at most 100 "
+            "characters",
+        )
     data = expand(model.data, source, ("data",))
     if not data:
         fail(source, ("data",), "must not be empty")
+    check_path(data, source, ("data",))
     fixed_model = model.fixed
     fixed = {key: getattr(fixed_model, key) for key in doc["fixed"]}
     params: dict[str, ParamSpec] = {}
@@ -183,6 +194,7 @@ def _resolve(
         spec = _param(pname, raw)
         check.not_also_fixed({pname: spec}, fixed)
         check.param_kind(spec, ("params", pname))
+        check.within_bounds(spec, ("params", pname))
         params[pname] = spec
     check.conditions(params, fixed)
     check.reachable(params)
@@ -194,6 +206,7 @@ def _resolve(
     storage = expand(model.storage_path, source, ("storage_path",))
     if not storage:
         fail(source, ("storage_path",), "must not be empty")
+    check_path(storage, source, ("storage_path",))
     tracking = model.tracking.model_dump()
     if tracking["uri"] is not None:
         tracking["uri"] = expand(tracking["uri"], source, ("tracking", "uri")) or None
@@ -232,7 +245,7 @@ def _param(name: str, raw: FloatParam | IntParam | CategoricalParam) -> ParamSpe
             when=when,
         )
     return ParamSpec(
-        name, raw.type, low=raw.low, high=raw.high, log=raw.log, step=raw.step, when=when
+        name, raw.type, low=raw.low, high=raw.high, log=raw.log, step=raw.step or 1, when=when
     )
 
 

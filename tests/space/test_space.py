@@ -602,7 +602,7 @@ ERRORS = [
     (
         "reduction factor",
         _set("scheduler.reduction_factor", 1),
-        "scheduler.reduction_factor: must be > 1",
+        "scheduler.reduction_factor: must be >= 1.1",
     ),
     (
         "scheduler metric",
@@ -630,7 +630,7 @@ ERRORS = [
         _set("max_concurrent_trials", 0),
         "max_concurrent_trials: must be >= 1 (got 0)",
     ),
-    ("cpu <= 0", _set("resources.cpu", 0), "resources.cpu: must be > 0"),
+    ("cpu <= 0", _set("resources.cpu", 0), "resources.cpu: must be >= 0.0001"),
     ("gpu < 0", _set("resources.gpu", -1), "resources.gpu: must be >= 0"),
     (
         "gpu fractional > 1",
