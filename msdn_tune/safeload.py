@@ -206,7 +206,8 @@ class _StrictLoader(yaml.SafeLoader):
             return super().construct_object(node, deep=deep)
         except yaml.YAMLError:
             raise
-        except (ValueError, KeyError, TypeError, OverflowError, IndexError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError, IndexError,
+                AttributeError) as exc:
             value = node.value if isinstance(node, yaml.ScalarNode) else node.tag
             detail = shorten(str(exc), 80) if str(exc) else type(exc).__name__
             raise yaml.constructor.ConstructorError(

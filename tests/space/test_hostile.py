@@ -57,13 +57,7 @@ def _text_with(line: str) -> str:
         "extra: " + "9" * 5000,
         "extra: !!float x",
         "extra: !!int x",
-        pytest.param(
-            "extra: !!timestamp x",
-            marks=pytest.mark.xfail(
-                reason="PyYAML raises AttributeError here, which safeload._StrictLoader does "
-                "not catch yet (safeload.py: add AttributeError to the caught exceptions)"
-            ),
-        ),
+        "extra: !!timestamp x",
         "unknown_key: {a: !!int 1.5}",
     ],
 )
