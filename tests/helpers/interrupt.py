@@ -3,7 +3,10 @@
 A driver script run with ``python -c`` (cwd: the repository root) calls :func:`interrupt_after`
 before it starts an import or an extraction; the process then sends itself a real signal right
 after the n-th call of a step function returns, e.g. after the 3rd chunk written to the store.
-No timing is involved: the point is counted in calls.
+No timing is involved: the point is counted in calls, and the signal goes to the main thread
+itself (``pthread_kill``), which is where Python raises KeyboardInterrupt. A signal sent to the
+process could be taken by any of its threads (a reader thread, torch's pool), and on a loaded
+machine that thread may not run before the main thread has finished the whole job.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import threading
 from typing import Any
 
 
@@ -25,7 +29,10 @@ def interrupt_after(owner: Any, name: str, calls: int, sig: int = signal.SIGKILL
         result = original(*args, **kwargs)
         done += 1
         if done == calls:
-            os.kill(os.getpid(), sig)
+            if sig == signal.SIGKILL:
+                os.kill(os.getpid(), sig)
+            else:
+                signal.pthread_kill(threading.main_thread().ident or 0, sig)
         return result
 
     setattr(owner, name, step)
