@@ -15,7 +15,12 @@ The output is a **feature folder** (:mod:`msdn_tune.data.sources.featuredir` des
 files), the input of ``msdn-tune data import mat --features``. An interrupted extraction
 (Ctrl-C, crash, ``kill -9``) keeps its finished parts; ``--resume`` continues at the first
 missing one (any batch size), and the import refuses a folder that is not ``complete``. Memory
-stays at one part plus a few batches whatever the dataset size.
+stays at one part plus a few batches whatever the dataset size. A non-empty folder that is not a
+feature folder is refused before anything is written; ``--force`` writes the parts next to its
+files only when none of the names an extraction writes is taken.
+
+One concept: the extraction that writes a feature folder (preprocessing, the batched run, the
+folder's resume rules).
 """
 
 from __future__ import annotations
