@@ -33,11 +33,14 @@ def data_group() -> None:
 @data_group.command("synth")
 @click.option("--preset", required=True, help="Synthetic preset: tiny, demo or cub-like.")
 @click.option(
-    "--out", required=True, type=click.Path(file_okay=False), help="Store directory to create."
+    "--out", required=True, type=click.Path(file_okay=False),
+    help="Store folder to create (new or empty; with --force, a store to replace).",
 )
 @click.option("--seed", type=int, default=None, help="Seed (default: the preset's).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16")
-@click.option("--force", is_flag=True, help="Replace an existing store at --out.")
+@click.option("--force", is_flag=True,
+              help="Replace a store msdn-tune wrote at --out. A folder holding anything else is "
+                   "never replaced (that would delete its files).")
 def data_synth(preset: str, out: str, seed: int | None, dtype: str, force: bool) -> None:
     """Generate a deterministic synthetic ZSL benchmark store."""
     from msdn_tune.cli.display import print_store_summary
@@ -83,7 +86,8 @@ def _import_options(fn: _F) -> _F:
         click.option("--allow-mismatch", is_flag=True,
                      help="Import even if counts differ from the published dataset (subsets)."),
         click.option("--force", is_flag=True,
-                     help="Replace an existing store / discard an interrupted import at --out."),
+                     help="Replace a store msdn-tune wrote at --out / discard an interrupted "
+                          "import. A folder holding anything else is never replaced."),
         click.option("--resume", is_flag=True,
                      help="Continue an interrupted import into --out from the rows it wrote."),
         click.option("--chunk-rows", type=click.IntRange(min=1),
@@ -167,7 +171,8 @@ def data_import_mat(dataset: str, out: str, w2v: str | None, dtype: str, allow_m
 @click.option("--dataset", required=True, type=_DATASET_CHOICE,
               help="Which benchmark (sets the MATLAB path prefix rule).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Feature folder to write (input of 'data import mat --features').")
+              help="Feature folder to write (input of 'data import mat --features'): new, "
+                   "empty, or an earlier extraction's (see --resume, --force).")
 @click.option("--weights", type=click.Path(dir_okay=False),
               help="ResNet-101 state_dict (default: torchvision's cached resnet101-63fe2227.pth).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
@@ -181,7 +186,11 @@ def data_import_mat(dataset: str, out: str, w2v: str | None, dtype: str, allow_m
 @click.option("--strip-components", type=click.IntRange(min=0),
               help="Leading MATLAB path components to drop (default: the dataset's rule).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted extraction into --out.")
-@click.option("--force", is_flag=True, help="Discard what --out holds and start over.")
+@click.option("--force", is_flag=True,
+              help="Redo the extraction in --out (its own parts are replaced), or write into a "
+                   "non-empty folder when none of the names it writes (features.json, "
+                   "part-*.npy) is taken. Never deletes or overwrites a file msdn-tune did not "
+                   "write; with --store, replaces a store msdn-tune wrote there.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--store", "store", type=click.Path(file_okay=False),
               help="Also build the benchmark store here from the features (needs --att-splits).")

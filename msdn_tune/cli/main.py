@@ -68,8 +68,18 @@ main.add_command(jobs_group)
               help="Override a training setting (repeatable), e.g. --set lr=2e-4.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (default runs/...).")
 @click.option("--resume", type=click.Path(), help="Continue the run in this folder/checkpoint.")
-def train_cmd(data: str, settings: tuple[str, ...], out: str | None, resume: str | None) -> None:
-    """Train MSDN++ once and print per-epoch metrics and the checkpoint path."""
+@click.option("--force", is_flag=True,
+              help="Use a non-empty --out anyway: replace the run msdn-tune trained there, or add "
+                   "this run's files next to other files when none of their names "
+                   "(checkpoint.pt, config.yaml, final.json, metrics.jsonl) is taken. Never "
+                   "deletes, overwrites or appends to a file msdn-tune did not write.")
+def train_cmd(data: str, settings: tuple[str, ...], out: str | None, resume: str | None,
+              force: bool) -> None:
+    """Train MSDN++ once and print per-epoch metrics and the checkpoint path.
+
+    The run folder (--out) must be new, empty, or one an earlier `msdn-tune train` wrote (it
+    marks its folders with .msdn-tune.json); anything else needs --force.
+    """
     from rich.console import Console
 
     from msdn_tune.cli.display import print_train_run
@@ -78,7 +88,7 @@ def train_cmd(data: str, settings: tuple[str, ...], out: str | None, resume: str
 
     console = Console()
     print_train_run(console, train_command(data, parse_set_options(settings), out, resume,
-                                           console=console))
+                                           console=console, force=force))
 
 
 @main.command("evaluate")
@@ -229,11 +239,21 @@ def best_cmd(study: str, storage_path: str) -> None:
 @click.option("--storage-path", default="msdn_results", show_default=True,
               help="Where to look for STUDY when it is a name.")
 @click.option("--no-log", is_flag=True, help="Only write the files; do not log them to MLflow.")
-def report_cmd(study: str, out_dir: str | None, storage_path: str, no_log: bool) -> None:
-    """Render the study's plots to PNG (and HTML with plotly) and log them to its parent run."""
+@click.option("--force", is_flag=True,
+              help="Use a non-empty --out that no report wrote: add the plots next to what is "
+                   "there, refused when a plot's name (e.g. history.png) is taken. Never "
+                   "deletes or overwrites a file msdn-tune did not write.")
+def report_cmd(study: str, out_dir: str | None, storage_path: str, no_log: bool,
+               force: bool) -> None:
+    """Render the study's plots to PNG (and HTML with plotly) and log them to its parent run.
+
+    --out must be new, empty, or a folder an earlier report wrote (marked .msdn-tune.json; its
+    plots are replaced); anything else needs --force.
+    """
     from msdn_tune.commands.report import log_plots, study_report
 
-    rep = study_report(study, out_dir=out_dir, storage_path=storage_path, log=False)
+    rep = study_report(study, out_dir=out_dir, storage_path=storage_path, log=False,
+                       force=force)
     for path in rep.plots:
         click.echo(str(path))
     if no_log:

@@ -20,6 +20,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from msdn_tune import outdir
 from msdn_tune.data.resolve import open_benchmark
 from msdn_tune.errors import ConfigError, DivergenceError, MsdnTuneError
 from msdn_tune.train.config import TrainConfig
@@ -29,6 +30,20 @@ EPOCH_COLUMNS = ("epoch", "train/loss", "val/zsl_acc", "val/U", "val/S", "val/H"
 """The metrics shown for each epoch, live and in the closing table."""
 
 CHECKPOINT_FILE = "checkpoint.pt"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+FINAL_FILE = "final.json"
+RUN_FILES = frozenset({CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, f"{CHECKPOINT_FILE}.tmp",
+                       FINAL_FILE})
+"""Every file a run writes into its folder (the Trainer saves through ``checkpoint.pt.tmp``)."""
+
+HANDED_OVER = ("reproduced_from.json",)
+"""What `msdn-tune reproduce` writes into a run folder before it hands the folder to train."""
+
+FORCE_HELP = ("to add this run's files (checkpoint.pt, config.yaml, final.json, metrics.jsonl) "
+              "next to what is there; --force never overwrites a file msdn-tune did not write, "
+              "and in the folder of an earlier train run it replaces only that run's files")
+"""What `train --force` does: the end of the message of a refused folder, and its --help."""
 
 
 @dataclass
@@ -82,49 +97,79 @@ def _fmt(key: str, value: float) -> str:
     return f"{100 * value:.1f}"
 
 
-def _new_run_dir(cfg: TrainConfig, out: str | None) -> Path:
-    """The folder of a new run (`out`, else a timestamped one under runs/); refuses a used one."""
+def _new_run_dir(cfg: TrainConfig, out: str | None, force: bool) -> outdir.OutDir:
+    """The folder of a new run (`out`, else a timestamped one under runs/), checked, not made.
+
+    Refused: a folder holding a run (unless `force`, which replaces that run's files), and any
+    other non-empty folder not marked as a train run's (unless `force`, which adds the run's
+    files next to what is there when none of their names is taken): see :mod:`msdn_tune.outdir`.
+    """
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(out) if out else Path("runs") / f"train-{cfg.dataset}-{stamp}"
-    if (out_dir / CHECKPOINT_FILE).exists():
+    run_dir = outdir.inspect(out_dir, command="train", owns=RUN_FILES.__contains__, force=force,
+                             also_ours=HANDED_OVER,
+                             force_help=f"{FORCE_HELP} (or --resume this folder if it holds a "
+                                        "run to continue)")
+    if (out_dir / CHECKPOINT_FILE).exists() and not force:
         raise ConfigError(f"--out {out_dir}: already holds a run; resume it with "
-                          f"--resume {out_dir} or choose another folder")
-    return out_dir
+                          f"--resume {out_dir}, replace it with --force, or choose another "
+                          "folder")
+    return run_dir
+
+
+def _resume_dir(resume: str, force: bool) -> outdir.OutDir:
+    """The folder of a resumed run, checked, not changed.
+
+    A folder written before runs were marked is taken as a run's when it holds nothing but a
+    run's files; otherwise the marker must say it is a train run's.
+    """
+    path = Path(resume)
+    folder = path if path.is_dir() else path.parent
+    return outdir.inspect(folder, command="train", owns=RUN_FILES.__contains__, force=force,
+                          option="--resume", adopt=True, also_ours=HANDED_OVER,
+                          force_help=FORCE_HELP)
 
 
 def train_command(data: str, overrides: dict[str, Any], out: str | None, resume: str | None,
-                  console: Console | None = None) -> TrainRun:
+                  console: Console | None = None, *, force: bool = False) -> TrainRun:
     """Run (or resume) one training run, printing its progress live on `console`.
 
     `data` is a store folder or preset name; `overrides` are the `--set` settings (on top of the
     defaults, or of the resumed run's config). Every finished epoch is checkpointed and appended
     to ``metrics.jsonl`` in the run folder, so Ctrl-C loses at most the current epoch: it prints
     the resume command and exits 130. A diverging run is the user's to fix: one message (exit 2).
+    The run folder never gets a file over or appended to one msdn-tune did not write: `force`
+    only lets a new run into a non-empty folder on those terms (:mod:`msdn_tune.outdir`).
     """
     console = console or Console()
     bench = open_benchmark(data)
     if resume:
         state = load_checkpoint(resume)
         cfg = TrainConfig.from_dict({**state["config"], **overrides})
-        out_dir = Path(resume if Path(resume).is_dir() else Path(resume).parent)
+        run_dir = _resume_dir(resume, force)
     else:
         values = dict(overrides)
         values.setdefault("dataset", dataset_default(bench.dataset))
         cfg = TrainConfig.from_dict(values)
-        out_dir = _new_run_dir(cfg, out)
+        run_dir = _new_run_dir(cfg, out, force)
+    out_dir = run_dir.path
     trainer = Trainer(cfg, bench)
     if resume:  # checked (benchmark, selection) before anything in the run folder changes
         trainer.load_state_dict(state)
         console.print(f"resuming {out_dir} at epoch {trainer.epoch}/{cfg.epochs}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=True))
+    run_dir.create()  # the marker first: every file below is recorded in it before it is written
+    if not resume and FINAL_FILE in run_dir.ours:  # a replaced run's result, not this one's
+        (out_dir / FINAL_FILE).unlink(missing_ok=True)
+    run_dir.claim(CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=True))
 
     epochs: list[dict[str, float]] = []
-    ckpt = out_dir / CHECKPOINT_FILE
+    ckpt = run_dir.claim(CHECKPOINT_FILE)
+    run_dir.claim(f"{CHECKPOINT_FILE}.tmp")
     # The product's one progress factory (msdn_tune.console) is to replace this bar.
     bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("batches"), TimeElapsedColumn(), console=console, transient=True)
-    with (out_dir / "metrics.jsonl").open("a") as log, bar:
+    # A resumed run appends to its own log; a new one (or a replaced run) starts it afresh.
+    with run_dir.claim(METRICS_FILE).open("a" if resume else "w") as log, bar:
         task = bar.add_task("train", total=None, epoch=trainer.epoch + 1)
 
         def on_step(step: int, total: int) -> None:
@@ -156,6 +201,6 @@ def train_command(data: str, overrides: dict[str, Any], out: str | None, resume:
                           f"{shlex.quote(str(out_dir))}", soft_wrap=True, markup=False)
             raise SystemExit(130) from None
     trainer.save(ckpt)
-    (out_dir / "final.json").write_text(json.dumps(final, indent=2))
+    run_dir.claim(FINAL_FILE).write_text(json.dumps(final, indent=2))
     return TrainRun(metrics=final, history=trainer.history, checkpoint=ckpt, data=data,
                     dataset=bench.dataset, selection=cfg.selection, epochs=epochs)

@@ -15,7 +15,12 @@ The output is a **feature folder** (:mod:`msdn_tune.data.sources.featuredir` des
 files), the input of ``msdn-tune data import mat --features``. An interrupted extraction
 (Ctrl-C, crash, ``kill -9``) keeps its finished parts; ``--resume`` continues at the first
 missing one (any batch size), and the import refuses a folder that is not ``complete``. Memory
-stays at one part plus a few batches whatever the dataset size.
+stays at one part plus a few batches whatever the dataset size. A non-empty folder that is not a
+feature folder is refused before anything is written; ``--force`` writes the parts next to its
+files only when none of the names an extraction writes is taken.
+
+One concept: the extraction that writes a feature folder (preprocessing, the batched run, the
+folder's resume rules).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,6 +52,7 @@ from msdn_tune.data.sources.featuredir import (
 )
 from msdn_tune.data.sources.xlsa17 import image_files_digest, read_res101
 from msdn_tune.errors import ConfigError, DataError
+from msdn_tune.safeload import load_json
 
 try:
     import fcntl
@@ -232,12 +239,60 @@ def _lock(out: Path) -> int:
     return fd
 
 
+_OWN_NAME = re.compile(r"\.?part-\d+\.npy(?:\.tmp)?|\.?features\.json(?:\.tmp)?|\.lock")
+"""Every name an extraction writes into its folder (parts and the manifest via ``.NAME.tmp``)."""
+
+
+def _check_out(out: Path, *, force: bool) -> None:
+    """Refuse an output folder that is not ours before anything is written (not even the lock).
+
+    New, empty (a lock left by an earlier run aside) or a feature folder: go on (`_prepare_out`
+    then checks complete / interrupted). A ``features.json`` that is not a feature folder's is
+    never overwritten. Any other non-empty folder needs `force`, which writes the parts next to
+    what is there, and only when none of the names an extraction writes is taken.
+    """
+    where = f"--out {str(out)[:200]}"
+    try:
+        entries = os.listdir(out) if out.is_dir() else []
+    except OSError as exc:
+        raise DataError(f"{where}: cannot be read ({exc.strerror or exc})") from None
+    if not [e for e in entries if e != ".lock"]:
+        return
+    if FEATURES_JSON in entries:
+        try:
+            meta = load_json(out / FEATURES_JSON, error=DataError, what="feature folder manifest")
+        except DataError:
+            meta = None
+        if isinstance(meta, dict) and meta.get("format") == FORMAT_NAME:
+            return
+        raise DataError(
+            f"{where}: its {FEATURES_JSON} was not written by msdn-tune data extract, and "
+            "msdn-tune never overwrites such a file (not even with --force); move it away or "
+            "choose another folder"
+        )
+    if not force:
+        raise DataError(
+            f"{where}: the folder is not empty and not a feature folder of msdn-tune data "
+            f"extract (no {FEATURES_JSON}); choose a new or empty folder, or pass --force to "
+            "write the feature parts next to what is there (it never overwrites a file "
+            "msdn-tune did not write)"
+        )
+    taken = sorted(e for e in entries if _OWN_NAME.fullmatch(e))
+    if taken:
+        more = f" (+{len(taken) - 3} more)" if len(taken) > 3 else ""
+        raise DataError(
+            f"{where}: {', '.join(taken[:3])}{more} there {'was' if len(taken) == 1 else 'were'} "
+            "not written by msdn-tune data extract, and msdn-tune never overwrites such files "
+            "(not even with --force); move them away or choose another folder"
+        )
+
+
 def _prepare_out(
     out: Path, identity: dict[str, Any], *, resume: bool, force: bool, n_parts: int
 ) -> int:
     """Check the output folder (changing nothing); returns how many leading parts are done."""
     manifest = out / FEATURES_JSON
-    if not manifest.is_file():
+    if not manifest.is_file() and not force:  # with force, _check_out found no name taken
         if any(p for p in out.iterdir() if p.name != ".lock"):
             raise DataError(
                 f"refusing to write into {out}: it is not empty and not a feature folder"
@@ -361,6 +416,7 @@ def extract_features(
     out = Path(out).expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is a file; expected a folder for the feature parts")
+    _check_out(out, force=force)
     out.mkdir(parents=True, exist_ok=True)
     lock = _lock(out)
     try:

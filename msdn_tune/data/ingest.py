@@ -78,9 +78,17 @@ from msdn_tune.data.sources import (
 )
 from msdn_tune.data.sources.hdf5 import read_hdf5_small
 from msdn_tune.data.splits import TEST_SPLITS, SmallArrays, check_range, finish_small
-from msdn_tune.data.store import FEATURES_FILE, SPLIT_NAMES, StoreExistsError, StoreWriter
+from msdn_tune.data.store import (
+    ARRAYS_FILE,
+    FEATURES_FILE,
+    META_FILE,
+    SPLIT_NAMES,
+    StoreExistsError,
+    StoreWriter,
+)
 from msdn_tune.data.store.format import feature_type
 from msdn_tune.errors import DataError
+from msdn_tune.outdir import check_replace
 
 try:  # POSIX only; elsewhere two concurrent imports of one target are not detected
     import fcntl
@@ -256,8 +264,11 @@ def _stream(
     if chunk_rows < 1:
         raise DataError(f"--chunk-rows must be >= 1, got {chunk_rows}")
     chunk_rows = min(chunk_rows, n)
-    if out.exists() and not force:
-        raise StoreExistsError(f"{out} already exists; pass --force to replace it")
+    # New, empty, or (with force) a store to replace; a folder holding anything else is refused
+    # even with force, because publishing the store would delete what is in it.
+    check_replace(out, what="benchmark store", files=(META_FILE, FEATURES_FILE, ARRAYS_FILE),
+                  key_file=META_FILE, key_field="format_version", force=force,
+                  error=StoreExistsError)
 
     partial = _Partial(out)
     partial.lock()
@@ -269,7 +280,7 @@ def _stream(
             channels=source.channels,
             regions=source.regions,
             dtype=dtype,
-            force=force,
+            force=out.exists(),  # checked above: an empty folder, or a store to replace
             rows_per_batch=options.rows_per_batch,
         )
         identity = {

@@ -38,8 +38,16 @@ from pathlib import Path
 import numpy as np
 
 from msdn_tune.console import progress_bar
-from msdn_tune.data.store import SPLIT_NAMES, StoreWriter
+from msdn_tune.data.store import (
+    ARRAYS_FILE,
+    FEATURES_FILE,
+    META_FILE,
+    SPLIT_NAMES,
+    StoreExistsError,
+    StoreWriter,
+)
 from msdn_tune.errors import DataError
+from msdn_tune.outdir import check_replace
 
 _COLORS = (
     "blue brown iridescent purple rufous grey yellow olive green pink orange black white red buff"
@@ -512,16 +520,22 @@ def generate(
 
     Streams chunk by chunk, so memory stays bounded (``cub-like`` included). ``seed`` defaults
     to the spec's; the same seed gives the same bytes in features.arrow and arrays.npz.
+    ``out`` may be new or an empty folder; ``force`` replaces a store there, and nothing else
+    (a folder holding other files is refused: replacing it would delete them).
     """
     bench = build_benchmark(preset, seed)
     spec = bench.spec
+    target = Path(out).expanduser().absolute()
+    check_replace(target, what="benchmark store", files=(META_FILE, FEATURES_FILE, ARRAYS_FILE),
+                  key_file=META_FILE, key_field="format_version", force=force,
+                  error=StoreExistsError)
     with StoreWriter(
-        out,
+        target,
         n_images=spec.n_images,
         channels=spec.channels,
         regions=spec.regions,
         dtype=dtype,
-        force=force,
+        force=target.exists(),  # checked above: an empty folder, or a store to replace
     ) as writer:
         chunks = iter_feature_chunks(bench)
         show = progress and spec.n_images > 2 * chunk_rows(spec)

@@ -317,3 +317,32 @@ def test_one_command_from_images_to_store(world, extracted, tmp_path):
         np.testing.assert_array_equal(store.labels, world["bench"]["labels"])
     missing = CliRunner().invoke(main, args[:-3] + ["--force"])
     assert missing.exit_code == 2 and "--store needs --att-splits" in missing.output
+
+
+def test_out_folder_of_someone_elses_files(world, tmp_path):
+    """Issue 14: a non-empty folder that is not a feature folder is refused before anything is
+    written (not even the lock); --force writes next to the files only when no name is taken."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert_clean_error(_cli_extract(world, out, "--batch-size", "4"), "not empty", "--force",
+                       "--out")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    for name in ("features.json", "part-000000.npy"):
+        (out / name).write_text("the user's")
+        taken = {p.name: p.read_bytes() for p in out.iterdir()}
+        res = _cli_extract(world, out, "--batch-size", "4", "--force")
+        assert_clean_error(res, name, "never overwrites")
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == taken
+        (out / name).unlink()
+    res = _cli_extract(world, out, "--batch-size", "4", "--dtype", "float32", "--force")
+    assert res.exit_code == 0, res.output
+    assert (out / "notes.txt").read_text() == "mine"
+    assert FeatureDir.open(out).n_images == 12
+    # re-run on its own output: as before, --force redoes it and keeps the user's file
+    assert_clean_error(_cli_extract(world, out, "--batch-size", "4", "--dtype", "float32"),
+                       "already holds a complete extraction")
+    res = _cli_extract(world, out, "--batch-size", "4", "--dtype", "float32", "--force")
+    assert res.exit_code == 0, res.output
+    assert (out / "notes.txt").read_text() == "mine"

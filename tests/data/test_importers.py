@@ -727,3 +727,47 @@ def test_ctrl_c_keeps_the_partial_import_for_resume(tmp_path, bench):
     assert re.search(r"imported 80 images", res.output)
     with BenchmarkStore.open(out) as store:
         store.verify()
+
+
+# --------------------------------------------------------------------------------------------
+# output folders (issue 14): a folder holding someone else's files is never replaced
+# --------------------------------------------------------------------------------------------
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_import_refuses_a_users_folder_even_with_force(tmp_path, bench):
+    src = tmp_path / "in.hdf5"
+    make_hdf5(src, bench)
+    out = tmp_path / "cub"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "meta.json").write_text('{"my": "metadata"}')
+    before = _snapshot(out)
+    args = ["data", "import", "hdf5", src, "--dataset", "CUB", "--out", out, "-q",
+            "--allow-mismatch"]
+    assert_clean_error(run(*args), "not a benchmark store", "--force")
+    assert_clean_error(run(*args, "--force"), "never deletes")
+    assert _snapshot(out) == before
+    assert not list(tmp_path.glob(".cub*"))  # no partial import or temporary store left
+    # a store of ours with a user's file added is not replaced either
+    store = tmp_path / "store"
+    assert run(*args[:7], store, *args[8:]).exit_code == 0
+    (store / "notes.txt").write_text("mine")
+    before = _snapshot(store)
+    assert_clean_error(run(*args[:7], store, *args[8:], "--force"), "notes.txt")
+    assert _snapshot(store) == before
+
+
+def test_import_into_an_empty_folder(tmp_path, bench):
+    src = tmp_path / "in.hdf5"
+    make_hdf5(src, bench)
+    out = tmp_path / "cub"
+    out.mkdir()
+    res = run("data", "import", "hdf5", src, "--dataset", "CUB", "--out", out, "-q",
+              "--allow-mismatch")
+    assert res.exit_code == 0, res.output
+    with BenchmarkStore.open(out) as store:
+        assert store.n_images == bench["labels"].shape[0]
