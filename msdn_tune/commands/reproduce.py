@@ -98,6 +98,10 @@ def reproduce(
     out_dir = Path(out) if out else Path("runs") / f"reproduce-{run_id[:12]}"
     if (out_dir / "checkpoint.pt").exists():
         raise ConfigError(f"--out {out_dir}: already holds a run; choose another folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        # reproduced_from.json is written before training: never over or beside a user's files
+        raise ConfigError(f"--out {out_dir}: not empty; reproduce writes into a new or empty "
+                          "folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / ORIGIN_FILE).write_text(
         json.dumps(

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 from click.testing import CliRunner
 
 from msdn_tune.cli import main
 
 CLI = [sys.executable, "-m", "msdn_tune.cli"]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(*args, cwd=None):
@@ -65,21 +68,26 @@ def test_bad_inputs_exit_2_without_traceback(tmp_path):
 
 
 def test_ctrl_c_prints_the_resume_command(tmp_path):
-    import signal
-    import time
-
+    """Ctrl-C after the 2nd epoch's checkpoint (counted, not timed): exit 130, the resume line."""
     out = tmp_path / "run"
-    proc = subprocess.Popen([*CLI, "train", "--data", "tiny", "--set", "epochs=200",
-                             "--set", "threads=1", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr
-    assert f"--resume {out}" in stdout
+    code = textwrap.dedent(
+        f"""
+        import signal, sys
+        from msdn_tune.train.trainer import Trainer
+        from tests.helpers.interrupt import interrupt_after
+        interrupt_after(Trainer, "save", 2, signal.SIGINT)
+        from msdn_tune.cli import main
+        sys.argv = ["msdn-tune", "train", "--data", "tiny", "--set", "epochs=200",
+                    "--set", "threads=1", "--out", {str(out)!r}]
+        main()
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert proc.returncode == 130, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"--resume {out}" in proc.stdout
+    assert "interrupted during epoch 3" in proc.stdout
 
 
 def test_a_new_run_takes_the_recipe_of_its_benchmarks_dataset():
