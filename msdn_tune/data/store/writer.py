@@ -39,6 +39,10 @@ from msdn_tune.data.store.format import (
     rows_per_batch_for,
 )
 from msdn_tune.errors import DataError
+from msdn_tune.safeload import shorten
+
+_MAX_STORE_NAME = 200
+"""Bytes of a store's folder name: NAME_MAX (255) less its temporary sibling's affixes."""
 
 
 class StoreExistsError(DataError):
@@ -124,12 +128,17 @@ class StoreWriter:
         self._finished = False
         self._closed = False
 
+        if len(self.path.name.encode("utf-8", "surrogateescape")) > _MAX_STORE_NAME:
+            # the store is written as a hidden sibling `.<name>.tmp-<pid>-<id>` and renamed
+            raise DataError(f"cannot create the store {shorten(str(self.path))}: its folder "
+                            f"name may be at most {_MAX_STORE_NAME} bytes")
         self._tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._tmp.mkdir()
         except OSError as exc:
-            raise DataError(f"cannot create the store {self.path}: {exc}") from exc
+            raise DataError(f"cannot create the store {shorten(str(self.path))}: "
+                            f"{exc.strerror or shorten(str(exc))}") from exc
         try:
             self._schema = pa.schema(
                 [pa.field(FEATURE_COLUMN, feature_type(self.dtype, self.row_len), False)],
