@@ -66,7 +66,7 @@ def test_bad_input_exits_2_with_a_message_and_no_traceback(tmp_path):
     store = tmp_path / "s"
     run("data", "synth", "--preset", "tiny", "--out", str(store))
     (store / "meta.json").write_text("{")
-    cases.append((["data", "info", str(store)], "meta.json is not valid JSON"))
+    cases.append((["data", "info", str(store)], "meta.json: line 1, column 2: invalid JSON"))
     for args, message in cases:
         res = run(*args)
         assert res.exit_code == 2, (args, res.output)

@@ -141,7 +141,7 @@ BAD_RUN_OPTIONS = {
     "storage under a file": (["--storage-path", "{tmp}/afile/studies"], "is a file"),
     "storage in /proc": (["--storage-path", "/proc/studies"], "proc filesystem"),
     "storage is /proc itself": (["--storage-path", "/proc"], "proc filesystem"),
-    "storage name too long": (["--storage-path", "{tmp}/" + "n" * 300], "longer than 255"),
+    "storage name too long": (["--storage-path", "{tmp}/" + "n" * 300], "longer than the 255"),
     "storage URI pyarrow cannot open": (["--storage-path", "bogus://x"], "pyarrow cannot open"),
     "unknown tracking scheme": (["--tracking-uri", "bogus://x"], "no tracking store"),
     "tracking database in /proc": (["--tracking-uri", "sqlite:////proc/m.db"], "cannot create"),
