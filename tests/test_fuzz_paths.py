@@ -38,6 +38,9 @@ from msdn_tune.cli.main import main
 from msdn_tune.data.resolve import parse_preset
 from tests.helpers.study import _space
 
+# Property-based fuzzing: part of the full suite (.ci/run), not of the fast tier.
+pytestmark = pytest.mark.slow
+
 EXAMPLES = int(25 * float(os.environ.get("MSDN_TUNE_FUZZ_SCALE", "1")))
 
 FUZZ = settings(

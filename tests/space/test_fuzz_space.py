@@ -17,12 +17,16 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.space.cli import assert_outcome, space
 from tests.space.mutations import mutated
+
+# Property-based fuzzing: part of the full suite (.ci/run), not of the fast tier.
+pytestmark = pytest.mark.slow
 
 EXAMPLES = int(150 * float(os.environ.get("MSDN_TUNE_FUZZ_SCALE", "1")))
 CASE_SECONDS = 5.0

@@ -45,6 +45,9 @@ from msdn_tune.train.config import BOUNDS, TrainConfig, parse_set_options
 from msdn_tune.train.trainer import Trainer
 from tests.train.usererror import assert_ok_or_user_error, checksums
 
+# Property-based fuzzing: part of the full suite (.ci/run), not of the fast tier.
+pytestmark = pytest.mark.slow
+
 SCALE = float(os.environ.get("MSDN_TUNE_FUZZ_SCALE", "1"))
 
 
