@@ -112,8 +112,12 @@ class OutDir:
 
     def create(self) -> None:
         """Create the folder (and parents) and write the marker, before any other file."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._write_marker()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._write_marker()
+        except OSError as exc:  # /proc, a read-only or full file system, a name too long
+            raise ConfigError(f"{_short(str(self.path))}: cannot write there "
+                              f"({exc.strerror or _short(str(exc))})") from None
         self.marked = True
 
     def claim(self, name: str) -> Path:

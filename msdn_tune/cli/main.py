@@ -295,7 +295,8 @@ def reproduce_cmd(run_id: str, tracking_uri: str | None, data: str | None, out: 
     default=None,
     help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db).",
 )
-@click.option("--port", default=5000, show_default=True, type=int, help="Port to serve on.")
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535),
+              help="Port to serve on.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 def ui_cmd(tracking_uri: str | None, port: int, host: str) -> None:
     """Start the MLflow UI for the configured store (foreground, Ctrl-C to stop)."""

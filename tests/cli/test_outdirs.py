@@ -244,3 +244,25 @@ def test_claim_records_a_file_before_it_is_written(tmp_path):
     again = outdir.inspect(target.path, command="train", owns=lambda n: n == "a.txt",
                            force=False)
     assert again.marked and again.ours == {"a.txt"}
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path):
+    """Found by the review of every command's options: /proc (or any unwritable place) as
+    `train --out` was a traceback from mkdir."""
+    from msdn_tune.cli import main
+
+    res = CliRunner().invoke(main, ["train", "--data", "tiny", "--set", "epochs=1",
+                                    "--out", "/proc/msdn-tune-out"])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "cannot write there" in errors[0], res.output
+
+
+def test_ui_port_out_of_range_is_a_usage_error():
+    from msdn_tune.cli import main
+
+    for port in ("99999", "-1", "0"):
+        res = CliRunner().invoke(main, ["ui", "--port", port])
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        assert "not in the range 1<=x<=65535" in res.output
