@@ -19,7 +19,15 @@ from typing import Any
 
 
 def interrupt_after(owner: Any, name: str, calls: int, sig: int = signal.SIGKILL) -> None:
-    """Wrap ``owner.name`` so that the process gets ``sig`` right after call number ``calls``."""
+    """Wrap ``owner.name`` so that the process gets ``sig`` right after call number ``calls``.
+
+    For SIGINT, Python's own Ctrl-C handler is put back first: a process started in the
+    background (``cmd &``, as a CI runner may start the suite) inherits SIGINT *ignored*, and
+    then the signal would do nothing, whereas a real Ctrl-C only ever reaches a foreground
+    process, which has the handler.
+    """
+    if sig == signal.SIGINT:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     original = getattr(owner, name)
     done = 0
 
