@@ -84,6 +84,7 @@ def run_trial(config: dict[str, Any], static: TrialStatic) -> None:
 
     status, error = "failed", None
     last: dict[str, Any] = {}
+    closed = False
     try:
         if trainer.epoch >= cfg.epochs:  # restored after the final report: report it again
             last = {**trainer.finish(), "epochs_total": float(cfg.epochs)}
@@ -96,6 +97,12 @@ def run_trial(config: dict[str, Any], static: TrialStatic) -> None:
             last = metrics
             if tracker is not None:
                 tracker.log_epoch(metrics, trainer.epoch)
+                if trainer.epoch >= cfg.epochs:
+                    # Complete before Tune sees the last result: close the run now. Tune may stop
+                    # this actor inside the final report, and on a loaded machine the `finally`
+                    # below then lost the race with the driver, which closed the run as killed.
+                    tracker.finish("completed", final_metrics=_floats(metrics), error=None)
+                    closed = True
             with tempfile.TemporaryDirectory(prefix="msdn-ckpt-") as d:
                 trainer.save(Path(d) / STATE_FILE)
                 # pid: which worker process wrote it (diagnostics; fault-injection tests)
@@ -121,9 +128,12 @@ def run_trial(config: dict[str, Any], static: TrialStatic) -> None:
         error = f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        if tracker is not None:
-            final = {k: v for k, v in last.items() if isinstance(v, float)}
-            tracker.finish(status, final_metrics=final, error=error)
+        if tracker is not None and not closed:
+            tracker.finish(status, final_metrics=_floats(last), error=error)
+
+
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
 
 def _with_ids(metrics: dict[str, Any], run_id: str | None) -> dict[str, Any]:
