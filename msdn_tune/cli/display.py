@@ -20,6 +20,7 @@ from msdn_tune.console import human_bytes
 from msdn_tune.trials import TRIALS_FILE, TrialRow
 
 if TYPE_CHECKING:
+    from msdn_tune.commands.checkpoints import ImportResult as CheckpointImport
     from msdn_tune.commands.study import StudyOutcome
     from msdn_tune.commands.train import TrainRun
     from msdn_tune.data.ingest import ImportResult
@@ -191,3 +192,24 @@ def print_import(result: ImportResult, summary: dict[str, Any]) -> None:
     click.echo(f"{'validation:':<16}{v['source']}: {v['val_unseen_classes']} held-out classes "
                f"(val_unseen), {v['val_seen_frac']:.0%} of the other classes' images (val_seen)")
     print_store_summary(summary)
+
+
+def print_checkpoint_import(result: CheckpointImport, *, data: str | None) -> None:
+    """What `import-checkpoint` found and registered, and the commands that use it now."""
+    reg = result.registered
+    click.echo(f"{result.file}: published MSDN {result.kind} class, sha256 {result.sha256[:16]}...")
+    click.echo(f"margin: {result.margin:g} (the checkpoint's bias; scored and trained with it)")
+    if result.metrics:
+        shown = ", ".join(f"{k.removeprefix('test/')} {100 * v:.1f}%"
+                          for k, v in result.metrics.items()
+                          if k in ("test/zsl_acc", "test/U", "test/S", "test/H"))
+        click.echo(f"scored on {data}: {shown}")
+    if result.backbone is not None:
+        click.echo(f"backbone: {result.backbone_tensors} ResNet-101 tensors written to "
+                   f"{result.backbone}; extract features with the trunk this head was trained "
+                   f"on: msdn-tune data extract ... --weights {shlex.quote(str(result.backbone))}")
+    click.echo(f"registered {reg['name']} version {reg['version']} with alias {reg['alias']} "
+               f"(run {reg['run_id']})")
+    data_arg = shlex.quote(data) if data else "STORE"
+    click.echo(f"evaluate:  msdn-tune evaluate {reg['model_uri']} --data {data_arg}")
+    click.echo(f"fine-tune: msdn-tune train --data {data_arg} --init {reg['model_uri']}")

@@ -1,6 +1,6 @@
 """The `msdn-tune` command line: the root group, `--version`, the executable's entry point, and
-the commands that train, evaluate and search (train, evaluate, space, run, results, best, report,
-reproduce, ui).
+the commands that train, evaluate and search (train, evaluate, import-checkpoint, export, space,
+run, results, best, report, reproduce, ui).
 
 Each command parses its options, calls one use case of `msdn_tune.commands` (or the space
 loader) and prints, through `msdn_tune.cli.display` where the output is shared or long. User
@@ -68,13 +68,18 @@ main.add_command(jobs_group)
               help="Override a training setting (repeatable), e.g. --set lr=2e-4.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (default runs/...).")
 @click.option("--resume", type=click.Path(), help="Continue the run in this folder/checkpoint.")
+@click.option("--init", "init", metavar="MODEL_URI_OR_CHECKPOINT",
+              help="Start from this model's weights (fine-tune): a checkpoint or run folder, a "
+                   "models:/ or runs:/ URI, or a published MSDN .pth. Same as --set init=...")
+@click.option("--tracking-uri", help="MLflow store of a models:/ --init (default: "
+              "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).")
 @click.option("--force", is_flag=True,
               help="Use a non-empty --out anyway: replace the run msdn-tune trained there, or add "
                    "this run's files next to other files when none of their names "
                    "(checkpoint.pt, config.yaml, final.json, metrics.jsonl) is taken. Never "
                    "deletes, overwrites or appends to a file msdn-tune did not write.")
 def train_cmd(data: str, settings: tuple[str, ...], out: str | None, resume: str | None,
-              force: bool) -> None:
+              init: str | None, tracking_uri: str | None, force: bool) -> None:
     """Train MSDN++ once and print per-epoch metrics and the checkpoint path.
 
     The run folder (--out) must be new, empty, or one an earlier `msdn-tune train` wrote (it
@@ -87,8 +92,11 @@ def train_cmd(data: str, settings: tuple[str, ...], out: str | None, resume: str
     from msdn_tune.train.config import parse_set_options
 
     console = Console()
-    print_train_run(console, train_command(data, parse_set_options(settings), out, resume,
-                                           console=console, force=force))
+    overrides = parse_set_options(settings)
+    if init is not None:
+        overrides["init"] = init
+    print_train_run(console, train_command(data, overrides, out, resume, console=console,
+                                           force=force, tracking_uri=tracking_uri))
 
 
 @main.command("evaluate")
@@ -110,6 +118,57 @@ def evaluate_cmd(checkpoint: str, data: str, settings: tuple[str, ...],
     metrics = evaluate_source(checkpoint, data, parse_set_options(settings),
                               tracking_uri=tracking_uri)
     Console().print(metrics_table(metrics, f"{checkpoint} on {data} (accuracies in %)"))
+
+
+@main.command("import-checkpoint")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--dataset", required=True, type=click.Choice(["CUB", "SUN", "AWA2"],
+                                                             case_sensitive=False),
+              help="The benchmark the checkpoint was trained on.")
+@click.option("--data", help="Benchmark store to score it on before registering (its shapes "
+              "and seen classes are checked against the checkpoint).")
+@click.option("--tracking-uri", help="MLflow store to register it in (default: "
+              "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).")
+@click.option("--alias", default="published", show_default=True,
+              help="Registry alias given to the new version.")
+@click.option("--backbone-out", type=click.Path(dir_okay=False),
+              help="Where the checkpoint's ResNet-101 weights go, if it has them (default: "
+                   "<file stem>.resnet101.pth here).")
+@click.option("--force", is_flag=True, help="Replace an existing --backbone-out file.")
+def import_checkpoint_cmd(file: str, dataset: str, data: str | None, tracking_uri: str | None,
+                          alias: str, backbone_out: str | None, force: bool) -> None:
+    """Register a published MSDN checkpoint (*_MSDN_GZSL.pth / *_CZSL.pth) as msdn-<dataset>.
+
+    Takes the state dicts of both published model classes; reads the training margin from
+    `bias` and the seen classes from `mask_bias`; writes ResNet-101 backbone weights, when the
+    file holds them, for `data extract --weights`.
+    """
+    from msdn_tune.cli.display import print_checkpoint_import
+    from msdn_tune.commands.checkpoints import import_checkpoint
+
+    print_checkpoint_import(import_checkpoint(file, dataset, data=data, tracking_uri=tracking_uri,
+                                              alias=alias, backbone_out=backbone_out,
+                                              force=force), data=data)
+
+
+@main.command("export")
+@click.argument("source", metavar="CHECKPOINT_OR_MODEL_URI")
+@click.option("--published", "out", required=True, type=click.Path(dir_okay=False),
+              metavar="OUT.pth", help="Write a state dict of the published MSDN core class here.")
+@click.option("--data", help="Benchmark store that says which classes are seen (needed when the "
+              "model does not record it).")
+@click.option("--tracking-uri", help="MLflow store of a models:/ URI (default: "
+              "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).")
+@click.option("--force", is_flag=True, help="Replace an existing OUT.pth.")
+def export_cmd(source: str, out: str, data: str | None, tracking_uri: str | None,
+               force: bool) -> None:
+    """Export a checkpoint or registered model for the published MSDN code."""
+    from msdn_tune.commands.checkpoints import export_published
+
+    res = export_published(source, out, data=data, tracking_uri=tracking_uri, force=force)
+    click.echo(f"wrote {res.out}: {res.tensors} tensors in the published core class's layout "
+               f"(margin {res.margin:g} as bias, {res.n_seen} seen classes in mask_bias)")
+    click.echo(f"load it with: model.load_state_dict(torch.load({str(res.out)!r}))")
 
 
 # --- search commands (msdn_tune.space, msdn_tune.commands) ---------------------------------------

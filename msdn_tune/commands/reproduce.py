@@ -123,4 +123,6 @@ def reproduce(
         f"{run_id}) on {data}",
         soft_wrap=True,
     )
-    return train_command(data, settings, str(out_dir), None, console=console)
+    # an `init` models:/ URI is read from the same store as the trial
+    return train_command(data, settings, str(out_dir), None, console=console,
+                         tracking_uri=trial.tracking_uri)

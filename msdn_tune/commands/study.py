@@ -231,6 +231,7 @@ def run_study(space: StudySpec, *, space_file: Path | None = None, address: str 
         static = TrialStatic(data_path=trial_data, fixed=dict(space.fixed), study=space.name,
                              tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent)
         tuner = build_tuner(space, static, exp_dir=exp_dir, resume=resume, warm_rows=warm_rows,
+                            init_weights=_study_init(space, uri),
                             console=console, ray_storage=store.ray_storage(),
                             wind_down=_startup.warm_wrapup_imports if tracker is not None
                             else None)
@@ -361,6 +362,17 @@ def _finish_tracking(tracker: Any, space: StudySpec, outcome: StudyOutcome,
                       style="yellow", markup=False, soft_wrap=True)
 
 
+def _study_init(space: StudySpec, uri: str | None) -> dict[str, Any] | None:
+    """The weights a space's `fixed: {init: ...}` names, read once by the driver for all trials
+    (Ray's object store takes them to the workers): no trial needs MLflow or the file."""
+    source = space.fixed.get("init")
+    if not source:
+        return None
+    from msdn_tune.commands.weights import init_weights  # torch: off the start-up path
+
+    return init_weights(str(source), tracking_uri=uri)
+
+
 def promote_best(uri: str, space: StudySpec, best: TrialRow, data_path: str, *,
                  force_promote: bool = False) -> dict[str, Any] | None:
     """Log the best completed trial's model and make it champion if it beats the current one."""
@@ -378,6 +390,7 @@ def promote_best(uri: str, space: StudySpec, best: TrialRow, data_path: str, *,
     model.eval()
     # the settings travel with the logged model (read back by `msdn-tune evaluate`)
     model.__dict__["msdn_tune_config"] = cfg.to_dict()
+    model.__dict__["msdn_tune_seen"] = [int(c) for c in bench.seen_classes]  # for `export`
     metric, mode = space.objectives[0].metric, space.objectives[0].mode
     return log_champion(
         uri, model=model, dataset=cfg.dataset, study=space.name, trial_id=best.trial_id,

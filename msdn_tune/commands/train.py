@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from msdn_tune import outdir
+from msdn_tune.commands.weights import init_weights
 from msdn_tune.data.resolve import open_benchmark
 from msdn_tune.errors import ConfigError, DivergenceError, MsdnTuneError
 from msdn_tune.train.config import TrainConfig
@@ -131,7 +132,8 @@ def _resume_dir(resume: str, force: bool) -> outdir.OutDir:
 
 
 def train_command(data: str, overrides: dict[str, Any], out: str | None, resume: str | None,
-                  console: Console | None = None, *, force: bool = False) -> TrainRun:
+                  console: Console | None = None, *, force: bool = False,
+                  tracking_uri: str | None = None) -> TrainRun:
     """Run (or resume) one training run, printing its progress live on `console`.
 
     `data` is a store folder or preset name; `overrides` are the `--set` settings (on top of the
@@ -140,6 +142,8 @@ def train_command(data: str, overrides: dict[str, Any], out: str | None, resume:
     the resume command and exits 130. A diverging run is the user's to fix: one message (exit 2).
     The run folder never gets a file over or appended to one msdn-tune did not write: `force`
     only lets a new run into a non-empty folder on those terms (:mod:`msdn_tune.outdir`).
+    A new run with `init` set starts from that model's weights (`tracking_uri`: the MLflow
+    store of a models:/ URI); a resumed one continues from its own.
     """
     console = console or Console()
     bench = open_benchmark(data)
@@ -153,7 +157,10 @@ def train_command(data: str, overrides: dict[str, Any], out: str | None, resume:
         cfg = TrainConfig.from_dict(values)
         run_dir = _new_run_dir(cfg, out, force)
     out_dir = run_dir.path
-    trainer = Trainer(cfg, bench)
+    init = init_weights(cfg.init, tracking_uri=tracking_uri) if cfg.init and not resume else None
+    trainer = Trainer(cfg, bench, init_weights=init)
+    if init is not None:
+        console.print(f"starting from the weights of {cfg.init}", markup=False, soft_wrap=True)
     if resume:  # checked (benchmark, selection) before anything in the run folder changes
         trainer.load_state_dict(state)
         console.print(f"resuming {out_dir} at epoch {trainer.epoch}/{cfg.epochs}")

@@ -34,6 +34,7 @@ from torch.autograd.function import once_differentiable
 
 from msdn_tune.errors import ConfigError, DataError
 from msdn_tune.model.interventions import INTERVENTIONS
+from msdn_tune.model.published import BACKBONE_PREFIX
 
 __all__ = ["INTERVENTIONS", "MSDN", "MSDNOutput"]
 
@@ -287,6 +288,11 @@ class MSDN(nn.Module):
         att = att.to(torch.promote_types(att.dtype, torch.float32))
         if self.clip_negative_att:
             att = att.clamp(min=0.0)
+        norms = torch.linalg.vector_norm(att, dim=1)
+        if bool(((norms - 1).abs() <= 1e-6).all()):
+            # Already normalised (a published or exported matrix): kept bit for bit, so that a
+            # model written out and read back gives exactly the same logits.
+            return att.contiguous()
         return _normalize_rows(att).contiguous()
 
     @property
@@ -437,17 +443,22 @@ class MSDN(nn.Module):
 
         Uses W_1, W_2, W_1_1, W_2_1 and V; ``att`` (if present) replaces the class matrix after
         the same clip/normalisation (a no-op on the published, already normalised matrix). The
-        dead W_3 / W_3_1 and the non-trainable helpers are ignored.
+        dead W_3 / W_3_1, the non-trainable helpers and the root class's backbone
+        (``resnet101.*``, see :mod:`msdn_tune.model.published`) are ignored.
 
         Raises:
             DataError: a required key is missing, a shape does not match, or a key is not one
                 the published model has.
         """
-        unknown = sorted(set(state_dict) - set(_PUBLISHED_USED + _PUBLISHED_IGNORED + ("att",)))
+        known = set(_PUBLISHED_USED + _PUBLISHED_IGNORED + ("att",))
+        unknown = sorted(k for k in state_dict
+                         if k not in known and not str(k).startswith(BACKBONE_PREFIX))
         if unknown:
+            shown = ", ".join(map(str, unknown[:4])) + (" ..." if len(unknown) > 4 else "")
             raise DataError(
-                f"published MSDN state_dict: unexpected keys {unknown}; expected only "
-                f"{list(_PUBLISHED_USED + _PUBLISHED_IGNORED + ('att',))}"
+                f"published MSDN state_dict: unexpected keys {shown}; expected only "
+                f"{', '.join(_PUBLISHED_USED + _PUBLISHED_IGNORED + ('att',))} and the root "
+                f"class's backbone {BACKBONE_PREFIX}*"
             )
         missing = [k for k in _PUBLISHED_USED if k not in state_dict]
         if missing:

@@ -46,6 +46,7 @@ NOT_SEARCHABLE = {
     "dataset": "one study trains on one benchmark; write one space file per dataset",
     "selection": "trials selected under different protocols are not comparable",
     "device": "the device comes from the trial's resources, not from the search",
+    "init": "the weights every trial starts from are read once, before the search",
 }
 """Settings that make no sense to search: one study is one benchmark under one selection
 protocol on one kind of device, otherwise its trials are not comparable."""

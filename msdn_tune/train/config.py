@@ -117,6 +117,10 @@ class TrainConfig:
     eval_batch_size: int = 100
     threads: int = 0
     """torch CPU threads; 0 = the CPUs this process may use."""
+    init: str = ""
+    """Start from these weights instead of a random draw: one of our checkpoints, a models:/ or
+    runs:/ URI, or a published MSDN .pth ("" = a fresh model). The caller loads them (see
+    `Trainer`'s init_weights); the class matrix always comes from the benchmark."""
 
     # ----------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -186,6 +190,9 @@ class TrainConfig:
         if not re.fullmatch(r"auto|cpu|cuda(:\d{1,4})?", self.device):
             raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N "
                               f"(got {shorten(self.device)})")
+        if len(self.init) > 4096 or "\n" in self.init or "\x00" in self.init:
+            raise ConfigError(f"init: expected a checkpoint path or model URI on one line "
+                              f"(got {shorten(self.init)})")
         if self.lambda_causal > 0 and self.intervention == "none":
             raise ConfigError("lambda_causal: a causal loss needs an intervention "
                               "(set intervention to random, uniform or shuffle)")

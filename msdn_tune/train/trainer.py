@@ -20,7 +20,7 @@ import pickle
 import time
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,7 +143,12 @@ class TrainResult:
 class Trainer:
     """One MSDN++ training run over a benchmark store."""
 
-    def __init__(self, cfg: TrainConfig, bench: BenchmarkStore) -> None:
+    def __init__(self, cfg: TrainConfig, bench: BenchmarkStore, *,
+                 init_weights: Mapping[str, torch.Tensor] | None = None) -> None:
+        """`init_weights`: the trainable tensors of the model `cfg.init` names, which the
+        caller loads (a models:/ URI needs MLflow, which this library does not import); a
+        config with `init` set refuses to train from a random draw without them, unless a
+        checkpoint is loaded over it (`load_state_dict`)."""
         self.cfg = cfg
         self.bench = bench
         self.device = resolve_device(cfg.device)
@@ -156,6 +161,9 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, bench).to(self.device)
+        self._initialised = not cfg.init
+        if init_weights is not None:
+            self.load_init_weights(init_weights, cfg.init or "init weights")
         params = [p for p in self.model.parameters() if p.requires_grad]
         if cfg.optimizer == "rmsprop":
             self.optimizer: torch.optim.Optimizer = torch.optim.RMSprop(
@@ -181,6 +189,32 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_logits: EvalLogits | None = None
         self.history: list[dict[str, float]] = []
+
+    def load_init_weights(self, weights: Mapping[str, torch.Tensor], where: str) -> None:
+        """Start from another model's trainable tensors (V, W_1, W_2, W_1_1, W_2_1).
+
+        The class matrix stays the benchmark's, so a model trained on other classes with the
+        same attributes and channels can be fine-tuned here. Every tensor is checked (present,
+        same shape, finite) before any is copied: a mismatch is one DataError naming `where`.
+        """
+        own = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
+        missing = [k for k in own if k not in weights]
+        if missing:
+            raise DataError(f"{where}: has no {', '.join(missing)}; not the weights of an MSDN "
+                            "model")
+        for key, param in own.items():
+            value = weights[key]
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(param.shape):
+                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value)
+                raise DataError(f"{where}: {key} has shape {got}, this benchmark's model needs "
+                                f"{tuple(param.shape)} ({self.bench.n_attributes} attributes, "
+                                f"{self.bench.channels} channels)")
+            if not _finite_tensor(value.float()):
+                raise DataError(f"{where}: {key} holds NaN or inf values")
+        with torch.no_grad():
+            for key, param in own.items():
+                param.copy_(weights[key].to(param.dtype))
+        self._initialised = True
 
     # ------------------------------------------------------------------ data
     def model_class_attributes(self) -> torch.Tensor:
@@ -241,6 +275,10 @@ class Trainer:
     # ------------------------------------------------------------------ epochs
     def train_epoch(self, progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
         """One pass over the training split; returns mean loss components as `train/*`."""
+        if not self._initialised:
+            raise ConfigError(f"init: {shorten(self.cfg.init)} was set but its weights were "
+                              "never loaded (Trainer's init_weights); refusing to train a "
+                              "random model in its name")
         self.model.train()
         epoch = self.epoch + 1
         torch.manual_seed(self.cfg.seed * 100003 + epoch)
@@ -418,6 +456,7 @@ class Trainer:
                             f"(a uint8 tensor of {torch.get_rng_state().numel()} bytes)")
 
         self.model.load_state_dict(state["model"])
+        self._initialised = True  # a run continued: its own weights, whatever `init` said
         self.optimizer.load_state_dict(optimizer)
         self.epoch = int(state["epoch"])
         self.best = {k: float(v) for k, v in state["best"].items()}

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from msdn_tune.cli import main
 
-COMMANDS = ["best", "data", "evaluate", "jobs", "report", "reproduce", "results", "run", "space",
-            "submit", "train", "ui"]
+COMMANDS = ["best", "data", "evaluate", "export", "import-checkpoint", "jobs", "report",
+            "reproduce", "results", "run", "space", "submit", "train", "ui"]
 
 
 def test_every_command_is_listed_once_in_the_root_help():

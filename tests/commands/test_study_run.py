@@ -303,3 +303,35 @@ def test_warm_start_from_the_mlflow_experiment_alone(ray_address, tmp_path):
                 "--warm-start", "earlier"], cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "warm start: 3 completed trials given to the sampler" in res.stdout, res.stdout[-3000:]
+
+
+def test_every_trial_starts_from_the_model_fixed_init_names(tmp_path, ray_address):
+    """`fixed: {init: ...}`: the driver reads the weights once and every trial starts from them
+    (lr 1e-12: after its one epoch a trial still holds them); the trials record the init."""
+    import torch
+    from click.testing import CliRunner
+
+    from msdn_tune.cli import main
+
+    run = tmp_path / "init-run"
+    res = CliRunner().invoke(main, ["train", "--data", "tiny", "--out", str(run), "--set",
+                                    "epochs=1", "--set", "threads=1", "--set",
+                                    "dataset=synthetic", "--set", "seed=5"])
+    assert res.exit_code == 0, res.output
+    init = torch.load(run / "checkpoint.pt", weights_only=True)
+    init = init["best_state"] or init["model"]
+    space = _space(tmp_path, "from-init", num_samples=2, scheduler={"type": "none"},
+                   params={"lambda_d": {"type": "float", "low": 1e-4, "high": 1e-1,
+                                        "log": True}},
+                   fixed={"dataset": "synthetic", "epochs": 1, "device": "cpu", "lr": 1e-12,
+                          "init": str(run)})
+    res = _run(["run", "--space", str(space), "--address", ray_address, "--no-tracking"],
+               cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    ckpts = sorted((tmp_path / "results" / "from-init").glob("*/checkpoint_*/checkpoint.pt"))
+    assert len({p.parent.parent for p in ckpts}) == 2, ckpts
+    for path in ckpts:
+        state = torch.load(path, weights_only=True)
+        assert state["config"]["init"] == str(run)
+        for key in ("W_1", "W_2", "W_1_1", "W_2_1", "V"):
+            torch.testing.assert_close(state["model"][key], init[key], rtol=0, atol=1e-6)

@@ -20,6 +20,7 @@ from msdn_tune.integrations.mlflow.registry import (
     load_model,
     log_champion,
     prepare_model_logging,
+    register_imported,
 )
 from msdn_tune.integrations.mlflow.runs import StudyTracker, TrialTracker, log_files
 from msdn_tune.integrations.mlflow.store import check_tracking, resolve_tracking_uri
@@ -35,6 +36,7 @@ __all__ = [
     "log_champion",
     "log_files",
     "prepare_model_logging",
+    "register_imported",
     "resolve_tracking_uri",
     "serve_ui",
     "start_ui",

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import os
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 import numpy
 from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
 # Private API of mlflow, checked against mlflow 3.17.2: the modules that hold the fluent tracking
@@ -35,8 +37,8 @@ from mlflow.utils.requirements_utils import (
 import msdn_tune
 from msdn_tune.errors import ConfigError, TrackingError
 from msdn_tune.integrations.mlflow.guard import quick_http
-from msdn_tune.integrations.mlflow.params import MAX_TAG_VALUE, truncate
-from msdn_tune.integrations.mlflow.store import resolve_tracking_uri, slug
+from msdn_tune.integrations.mlflow.params import MAX_TAG_VALUE, flatten_params, truncate
+from msdn_tune.integrations.mlflow.store import ensure_experiment, resolve_tracking_uri, slug
 
 if TYPE_CHECKING:
     import torch
@@ -137,8 +139,6 @@ def log_champion(
     "previous", "previous_value", "model_uri"}`` (``previous``: the champion version before,
     or None). Not atomic: promote from one process (the driver).
     """
-    import mlflow.pytorch  # not at the top: it imports torch, off `msdn-tune run`'s start-up path
-
     if mode not in ("max", "min"):
         raise ConfigError(f"champion mode must be 'max' or 'min', got {mode!r}")
     value = float(value)
@@ -161,28 +161,9 @@ def log_champion(
     benchmark = tags["benchmark"]  # extra_tags may name the benchmark more precisely
     try:
         with quick_http(timeout_s=60.0), _scoped_mlflow_uris(uri):
-            run = client.get_run(run_id)
-            # Created explicitly in the run's experiment: without an active fluent run,
-            # log_model would file the LoggedModel under the default experiment "0".
-            logged = client.create_logged_model(
-                run.info.experiment_id,
-                name="model",
-                source_run_id=run_id,
-                tags={"msdn_tune.study": study, "msdn_tune.trial_id": str(trial_id)},
-            )
-            with warnings.catch_warnings(), _quiet_logger("mlflow.pytorch"):
-                # pickle is chosen on purpose (see above): its generic caution is noise here
-                warnings.simplefilter("ignore", FutureWarning)
-                info = mlflow.pytorch.log_model(
-                    model,
-                    name="model",
-                    serialization_format="pickle",
-                    pip_requirements=_pip_requirements(),
-                    code_paths=[str(_package_dir())],
-                    model_id=logged.model_id,
-                    run_id=run_id,
-                )
-            version = mlflow.register_model(info.model_uri, name, tags=tags)
+            model_uri = _log_model(client, model, run_id,
+                                   {"msdn_tune.study": study, "msdn_tune.trial_id": str(trial_id)})
+            version = mlflow.register_model(model_uri, name, tags=tags)
             try:
                 previous = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
             except MlflowException as exc:
@@ -217,6 +198,86 @@ def log_champion(
         "previous_value": prev_value,
         "model_uri": f"models:/{name}/{version.version}",
     }
+
+
+def _log_model(client: MlflowClient, model: torch.nn.Module, run_id: str,
+               tags: Mapping[str, str]) -> str:
+    """Log ``model`` under ``run_id`` (pickle + the msdn_tune package); its ``runs:/`` URI.
+
+    Call inside :func:`_scoped_mlflow_uris`: ``log_model`` only reads MLflow's globals.
+    """
+    import mlflow.pytorch  # not at the top: it imports torch, off `msdn-tune run`'s start-up path
+
+    run = client.get_run(run_id)
+    # Created explicitly in the run's experiment: without an active fluent run, log_model
+    # would file the LoggedModel under the default experiment "0".
+    logged = client.create_logged_model(run.info.experiment_id, name="model",
+                                        source_run_id=run_id, tags=dict(tags))
+    with warnings.catch_warnings(), _quiet_logger("mlflow.pytorch"):
+        # pickle is chosen on purpose (see log_champion): its generic caution is noise here
+        warnings.simplefilter("ignore", FutureWarning)
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            serialization_format="pickle",
+            pip_requirements=_pip_requirements(),
+            code_paths=[str(_package_dir())],
+            model_id=logged.model_id,
+            run_id=run_id,
+        )
+    return str(info.model_uri)
+
+
+IMPORTS_EXPERIMENT = "msdn-published-checkpoints"
+"""The experiment that holds one run per imported published checkpoint."""
+
+
+def register_imported(
+    uri: str,
+    *,
+    model: torch.nn.Module,
+    dataset: str,
+    alias: str,
+    run_name: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    tags: Mapping[str, str],
+) -> dict[str, Any]:
+    """Record a model that was not trained here (a published checkpoint) and register it.
+
+    One run in :data:`IMPORTS_EXPERIMENT` holds its settings, the metrics it was scored with
+    (if any) and the logged model; the model becomes a new version of ``msdn-<dataset>``
+    (tags: ``tags`` plus the metrics) and ``alias`` moves to it. The champion alias is not
+    touched: a study's champion is chosen by its own rule. Returns ``{"name", "version",
+    "alias", "model_uri", "run_id", "experiment_id"}``.
+    """
+    name = registered_model_name(dataset)
+    experiment_id = ensure_experiment(uri, IMPORTS_EXPERIMENT)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    version_tags = {**{k: truncate(str(v), MAX_TAG_VALUE) for k, v in tags.items()},
+                    **{k: repr(float(v)) for k, v in metrics.items()}}
+    try:
+        with quick_http(timeout_s=60.0), _scoped_mlflow_uris(uri):
+            run = client.create_run(experiment_id, run_name=run_name,
+                                    tags={"msdn_tune.kind": "import", **version_tags})
+            run_id = run.info.run_id
+            now = int(time.time() * 1000)
+            client.log_batch(
+                run_id,
+                params=[Param(k, v) for k, v in flatten_params(params).items()],
+                metrics=[Metric(k, float(x), now, 0) for k, x in metrics.items()
+                         if math.isfinite(float(x))])
+            model_uri = _log_model(client, model, run_id, {"msdn_tune.kind": "import"})
+            version = mlflow.register_model(model_uri, name, tags=version_tags)
+            client.set_registered_model_alias(name, alias, version.version)
+            client.set_terminated(run_id, "FINISHED")
+    except MlflowException as exc:
+        raise TrackingError(f"cannot log or register the imported model {name!r} at {uri}: "
+                            f"{exc}") from exc
+    return {"name": name, "version": str(version.version), "alias": alias,
+            "model_uri": f"models:/{name}@{alias}", "run_id": run_id,
+            "experiment_id": experiment_id}
+
 
 
 def load_model(

@@ -40,14 +40,18 @@ class TrialStatic:
 def make_trainable(static: TrialStatic) -> Callable[[dict[str, Any]], None]:
     """The function Ray Tune runs for each trial (a closure over the study's static settings)."""
 
-    def msdn_trial(config: dict[str, Any]) -> None:
-        run_trial(config, static)
+    def msdn_trial(config: dict[str, Any], init_weights: dict[str, Any] | None = None) -> None:
+        run_trial(config, static, init_weights=init_weights)
 
     return msdn_trial
 
 
-def run_trial(config: dict[str, Any], static: TrialStatic) -> None:
-    """Train one configuration, reporting and checkpointing after every epoch."""
+def run_trial(config: dict[str, Any], static: TrialStatic, *,
+              init_weights: dict[str, Any] | None = None) -> None:
+    """Train one configuration, reporting and checkpointing after every epoch.
+
+    `init_weights`: the model the space's `init` names, read once by the driver.
+    """
     # ray.tune and torch take seconds to import and this module is on the start-up path of
     # `msdn-tune run` (TrialStatic): they are imported in the trial's worker, where they run
     from ray import tune
@@ -57,7 +61,7 @@ def run_trial(config: dict[str, Any], static: TrialStatic) -> None:
     settings = {**static.fixed, **{k: v for k, v in config.items() if v is not None}}
     cfg = TrainConfig.from_dict(settings)
     bench = open_benchmark(static.data_path)
-    trainer = Trainer(cfg, bench)
+    trainer = Trainer(cfg, bench, init_weights=init_weights if cfg.init else None)
     ctx = tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
 

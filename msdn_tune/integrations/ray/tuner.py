@@ -90,13 +90,15 @@ def asha_scheduler(space: StudySpec) -> Any:
 
 def build_tuner(space: StudySpec, static: Any, *, exp_dir: Path, resume: bool,
                 warm_rows: list[TrialRow] | None, console: Console,
+                init_weights: dict[str, Any] | None = None,
                 ray_storage: str | None = None,
                 wind_down: Callable[[], None] | None = None) -> Any:
     """The Tuner for a new study, or the restored one for `resume`.
 
     `static` is the trainable's `TrialStatic`. `ray_storage` is Ray's storage_path when it is
     not `exp_dir.parent` (a cloud URI). `wind_down` (a module-level function: Tune pickles it)
-    runs in a thread once the last trial has started.
+    runs in a thread once the last trial has started. `init_weights` (the tensors the space's
+    `init` names) reach the trials through Ray's object store (`tune.with_parameters`), once.
     """
     # ray.tune (and Optuna through the searcher) take seconds to import: kept off the start-up
     # path of `msdn-tune run`, where msdn_tune._startup imports them while Ray starts
@@ -109,7 +111,10 @@ def build_tuner(space: StudySpec, static: Any, *, exp_dir: Path, resume: bool,
     from msdn_tune.integrations.ray.trainable import make_trainable
 
     resources = {k: v for k, v in space.resources.items() if v}
-    trainable = tune.with_resources(make_trainable(static), resources or {"cpu": 1})
+    fn = make_trainable(static)
+    if init_weights is not None:
+        fn = tune.with_parameters(fn, init_weights=init_weights)
+    trainable = tune.with_resources(fn, resources or {"cpu": 1})
     if resume:
         where = f"{ray_storage}/{space.name}" if ray_storage else str(exp_dir)
         return tune.Tuner.restore(where, trainable=trainable, resume_unfinished=True,
