@@ -3,7 +3,7 @@
 Why measured and not read off the CPU's flags: whether bf16 autocast beats fp32 on a CPU depends
 on its matrix units, not on what it advertises. A CUB-shape training step ran 3.0-3.3x faster
 under bf16 on a CPU with AMX (bf16 tile units), but at 0.37-0.6x the speed of fp32 on a Xeon with
-avx512_bf16 and no AMX, and at 1.8x on an AMD EPYC with avx512_bf16 and no AMX (README,
+avx512_bf16 and no AMX, and 4.0x faster on an AMD EPYC with avx512_bf16 and no AMX (README,
 Benchmarks). So on a CPU ``auto`` times a few training steps (forward, losses, backward) of the
 real MSDN model at CUB's shapes in both precisions, after a warm-up, takes the best of a few
 repeats of each so that one noisy step cannot flip the result, and chooses bf16 only when it is
