@@ -347,8 +347,9 @@ def resolve_precision(requested: str, device: torch.device, *, key: MachineKey |
         write_cached(path, key, measurement)
     chosen = measurement.precision
     how = "measured earlier" if cached else "measured now"
+    threads = f"{key.threads} thread{'' if key.threads == 1 else 's'}"
     reason = (f"auto: bf16 autocast ran a CUB-shape training step at {measurement.speedup:.2f}x "
-              f"the speed of fp32 on this CPU ({key.threads} threads; {how}, {path}); bf16 needs "
+              f"the speed of fp32 on this CPU ({threads}; {how}, {path}); bf16 needs "
               f"{MIN_SPEEDUP}x")
     return PrecisionChoice("auto", chosen, reason, measurement=measurement, cached=cached,
                            cache_file=path)
