@@ -6,7 +6,8 @@ median no_grad eval forward at B=100, and the machine's own large-matmul through
 run. Useful work is counted as 16·B·R·min(A·D, 300·(A+D)) FLOPs per training step (the four
 bilinear maps, forward + weight gradient) and half that per eval forward, and reported as GFLOP/s
 and as a fraction of the measured matmul throughput. On CPU it also times the step under bf16
-autocast; on CUDA it runs in bf16 and prints steps/s and the projected wall time of a full
+autocast, and what `precision: auto`'s probe (msdn_tune/train/precision.py) measures and chooses
+on this CPU; on CUDA it runs in bf16 and prints steps/s and the projected wall time of a full
 30-epoch CUB-shape run. Each dataset runs in its own child process so that its peak RSS is its own.
 
     .venv/bin/python benchmarks/trainer.py                      # all four datasets
@@ -32,6 +33,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from msdn_tune.model import MSDN, LossWeights, margin_vector, msdn_loss  # noqa: E402
+from msdn_tune.train.precision import PROBE_SHAPE, bf16_supported, probe  # noqa: E402
 
 D, VEC, H, W = 2048, 300, 14, 14
 R = H * W
@@ -141,6 +143,20 @@ def mkldnn_bf16() -> str:
         return str(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return "unknown"
+
+
+def auto_probe() -> str:
+    """What `precision: auto` measures on this CPU (its probe, uncached), as one line."""
+    if not bf16_supported(torch.device("cpu")):
+        return "precision auto: fp32 (this CPU has no bf16 instructions; no probe)"
+    start = time.perf_counter()
+    m = probe()
+    return (
+        f"precision auto's probe (CUB shapes, B={PROBE_SHAPE.batch}, {torch.get_num_threads()} "
+        f"threads, {time.perf_counter() - start:.1f} s): bf16 autocast {m.speedup:.2f}x the speed "
+        f"of fp32 (best step {m.fp32_s * 1e3:.0f} vs {m.bf16_s * 1e3:.0f} ms) -> auto chooses "
+        f"{m.precision}"
+    )
 
 
 def autocast_ctx(device: torch.device, bf16: bool):
@@ -307,6 +323,8 @@ def main() -> None:
         f"steps={args.steps} warmup={args.warmup} causal={'random, λ=1' if args.causal else 'off'}"
     )
     print(f"load average at start: {os.getloadavg()[0]:.2f} (other jobs may share these cores)")
+    if not cuda and not args.no_bf16:
+        print(auto_probe())
     env = dict(os.environ)
     if args.tuned_malloc:
         env.update(MALLOC_MMAP_THRESHOLD_=str(2**32), MALLOC_TRIM_THRESHOLD_=str(2**36))

@@ -1,8 +1,9 @@
 """msdn-tune's cache folder: things that are slow to make and the same every time.
 
 ``$MSDN_TUNE_CACHE``, default ``$XDG_CACHE_HOME/msdn-tune`` (i.e. ``~/.cache/msdn-tune``). Holds
-generated benchmark presets (``benchmarks/``) and the empty MLflow schema that new SQLite
-tracking stores start from (``mlflow/``). Anything in it can be deleted: it is made again.
+generated benchmark presets (``benchmarks/``), the empty MLflow schema that new SQLite
+tracking stores start from (``mlflow/``) and the per-machine bf16/fp32 measurements of
+``precision: auto`` (``precision/``). Anything in it can be deleted: it is made again.
 """
 
 from __future__ import annotations

@@ -164,6 +164,10 @@ def train_command(data: str, overrides: dict[str, Any], out: str | None, resume:
     if resume:  # checked (benchmark, selection) before anything in the run folder changes
         trainer.load_state_dict(state)
         console.print(f"resuming {out_dir} at epoch {trainer.epoch}/{cfg.epochs}")
+    # config.yaml keeps what the user wrote (auto); this line says what runs
+    choice = trainer.precision_choice
+    console.print(f"precision {choice.precision} ({choice.reason})", markup=False,
+                  highlight=False, soft_wrap=True)
     run_dir.create()  # the marker first: every file below is recorded in it before it is written
     if not resume and FINAL_FILE in run_dir.ours:  # a replaced run's result, not this one's
         (out_dir / FINAL_FILE).unlink(missing_ok=True)

@@ -27,7 +27,7 @@ from msdn_tune.safeload import parse_yaml, shorten
 DATASETS = ("cub", "sun", "awa2", "flo", "synthetic")
 OPTIMIZERS = ("rmsprop", "adam")
 SAMPLERS = ("uniform", "balanced")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 SELECTIONS = ("official", "clean")
 
 MAX_SEED = 2**32 - 1
@@ -110,8 +110,10 @@ class TrainConfig:
     seed: int = 214
     device: str = "auto"
     """auto (CUDA when available), cpu, cuda or cuda:N."""
-    precision: str = "fp32"
-    """fp32, or bf16 autocast (GPU, or CPUs with bf16 support)."""
+    precision: str = "auto"
+    """auto: bf16 autocast where it is faster on this machine (measured once per CPU, see
+    msdn_tune.train.precision; on CUDA where the GPU has native bf16), else fp32; fp32; or bf16
+    autocast (GPU, or CPUs with bf16 instructions)."""
     selection: str = "official"
     """official: best of per-epoch test evaluations (as published); clean: select on validation."""
     eval_batch_size: int = 100

@@ -36,6 +36,7 @@ from msdn_tune.model.msdn import MSDN
 from msdn_tune.safeload import shorten
 from msdn_tune.train.config import MAX_EPOCHS, TrainConfig
 from msdn_tune.train.metrics import EvalLogits, evaluate_logits, tune_eval_settings
+from msdn_tune.train.precision import PrecisionChoice, bf16_supported, resolve_precision
 
 CHECKPOINT_VERSION = 1
 EVAL_METRICS = ("zsl_acc", "U", "S", "H")
@@ -63,17 +64,6 @@ def default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - non-Linux
         return max(1, os.cpu_count() or 1)
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 autocast is worth using on this device."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
 
 
 @dataclass
@@ -155,6 +145,10 @@ class Trainer:
         torch.set_num_threads(cfg.threads or default_threads())
         if cfg.precision == "bf16" and not bf16_supported(self.device):
             raise ConfigError(f"precision: bf16 is not supported on {self.device} here; use fp32")
+        # What the run trains and evaluates in (fp32 or bf16 autocast), and why: the config
+        # keeps what the user wrote, which may be auto (a probe on a CPU's first run)
+        self.precision_choice: PrecisionChoice = resolve_precision(cfg.precision, self.device)
+        self.precision = self.precision_choice.precision
         self.select_split, self.test_split = _splits(bench, cfg.selection)
         if len(self.select_split.train) == 0:
             raise DataError(f"{bench.path}: the training split is empty")
@@ -268,7 +262,7 @@ class Trainer:
         return x.to(self.device, torch.float32)
 
     def _autocast(self) -> Any:
-        if self.cfg.precision == "bf16":
+        if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
@@ -351,6 +345,9 @@ class Trainer:
         metrics["epoch"] = float(self.epoch)
         metrics["time/train_s"] = t1 - t0
         metrics["time/eval_s"] = time.perf_counter() - t1
+        # which precision ran, in every record of the run's metrics (Tune, MLflow, parquet,
+        # metrics.jsonl): with precision auto the config alone does not say
+        metrics["time/bf16"] = 1.0 if self.precision == "bf16" else 0.0
         self.history.append(metrics)
         return metrics
 
@@ -373,6 +370,7 @@ class Trainer:
         """Final metrics: best-so-far, eval-only tuning of w1/gamma, and (clean) test once."""
         out = dict(self.best)
         out["epoch"] = float(self.epoch)
+        out["time/bf16"] = 1.0 if self.precision == "bf16" else 0.0
         if self.best_logits is not None:
             tuned = tune_eval_settings(self.best_logits)
             out.update({"eval/w1": tuned["w1"], "eval/gamma": tuned["gamma"],

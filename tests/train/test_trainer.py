@@ -22,7 +22,10 @@ def tiny():
 
 
 def _cfg(**kw):
-    base = dict(dataset="synthetic", epochs=4, lr=1e-3, device="cpu", threads=1, seed=3)
+    # fp32 unless a test says otherwise: what these tests expect must not depend on what
+    # precision auto measures on the machine (tests/train/test_precision.py tests auto)
+    base = dict(dataset="synthetic", epochs=4, lr=1e-3, device="cpu", threads=1, seed=3,
+                precision="fp32")
     base.update(kw)
     return TrainConfig.from_dict(base)
 
@@ -148,7 +151,7 @@ def test_published_defaults():
 
 
 def test_bf16_autocast_keeps_accuracy_within_noise(tiny):
-    from msdn_tune.train.trainer import bf16_supported
+    from msdn_tune.train.precision import bf16_supported
 
     if not bf16_supported(torch.device("cpu")):
         pytest.skip("this CPU has no bf16 support (avx512_bf16/amx)")
