@@ -358,12 +358,14 @@ def reproduce_cmd(run_id: str, tracking_uri: str | None, data: str | None, out: 
               help="Port to serve on.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 def ui_cmd(tracking_uri: str | None, port: int, host: str) -> None:
-    """Start the MLflow UI for the configured store (foreground, Ctrl-C to stop)."""
+    """Start the MLflow UI for the configured store (foreground, Ctrl-C to stop), and print the
+    addresses of the latest study's runs and champion."""
     from msdn_tune.commands.ui import serve, ui_store
 
     store = ui_store(tracking_uri)
     if store.is_server:
         click.echo(f"{store.uri} is already a tracking server: open it in a browser")
+        _echo_study_pages(store.uri)
         return
     click.echo(f"starting the MLflow UI for {store.uri} ...")
     sys.exit(serve(store, host, port, on_ready=_ui_ready))
@@ -371,6 +373,30 @@ def ui_cmd(tracking_uri: str | None, port: int, host: str) -> None:
 
 def _ui_ready(url: str) -> None:
     click.echo(f"MLflow UI at {url} (Ctrl-C to stop)")
+    _echo_study_pages(url)
+
+
+def _echo_study_pages(url: str) -> None:
+    """The latest study's runs table and champion on the UI at `url`; a store that cannot be
+    read costs one line, and the UI stays up."""
+    from msdn_tune.commands.ui import study_pages
+
+    try:
+        pages = study_pages(url)
+    except MsdnTuneError as exc:
+        click.echo(f"warning: {exc}", err=True)
+        return
+    if pages is None:
+        click.echo("no study in this store yet (msdn-tune run --space FILE runs one)")
+        return
+    exp = f" (experiment {pages.experiment})" if pages.experiment != pages.study else ""
+    click.echo(f"latest study {pages.study}{exp}, its runs: {pages.runs}")
+    if pages.champion is None:
+        click.echo("its benchmark has no champion yet (a completed study registers one)")
+        return
+    other = pages.champion_study and pages.champion_study != pages.study
+    by = f", registered by study {pages.champion_study}" if other else ""
+    click.echo(f"champion {pages.champion}{by}: {pages.champion_page}")
 
 
 def entrypoint() -> None:

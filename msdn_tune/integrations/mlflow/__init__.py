@@ -4,7 +4,8 @@ Code outside it imports these names from here, not from the modules inside, so t
 free to arrange its modules. Its modules, lowest first: ``guard`` (how a call fails: quickly,
 then raised or degraded), ``store`` (URIs, reachability, new SQLite stores, experiments),
 ``params`` (what MLflow accepts), ``runs`` (the study's parent run and the trials' child runs),
-``registry`` (the champion model), ``history`` (trials read back), ``ui`` (the MLflow server).
+``registry`` (the champion model), ``history`` (trials read back), ``ui`` (the MLflow server
+and the addresses of a study's pages).
 
 Importing this package imports mlflow (about 1 s): `msdn-tune run` does it in the thread that
 works while Ray starts, so nothing on its start-up path imports it at module level.
@@ -24,20 +25,35 @@ from msdn_tune.integrations.mlflow.registry import (
 )
 from msdn_tune.integrations.mlflow.runs import StudyTracker, TrialTracker, log_files
 from msdn_tune.integrations.mlflow.store import check_tracking, resolve_tracking_uri
-from msdn_tune.integrations.mlflow.ui import serve_ui, start_ui, stop_ui, wait_ui
+from msdn_tune.integrations.mlflow.ui import (
+    Champion,
+    LatestStudy,
+    latest_study,
+    model_version_page,
+    runs_page,
+    serve_ui,
+    start_ui,
+    stop_ui,
+    wait_ui,
+)
 
 __all__ = [
     "NOT_A_TRIAL_RUN",
+    "Champion",
+    "LatestStudy",
     "StudyTracker",
     "TrialRun",
     "TrialTracker",
     "check_tracking",
+    "latest_study",
     "load_model",
     "log_champion",
     "log_files",
+    "model_version_page",
     "prepare_model_logging",
     "register_imported",
     "resolve_tracking_uri",
+    "runs_page",
     "serve_ui",
     "start_ui",
     "stop_ui",

@@ -51,6 +51,8 @@ UNREACHABLE_HINT = (
 # --- URIs (text only: msdn_tune.integrations.tracking_uri, which needs no MLflow) ------------
 
 __all__ = [
+    "EXPERIMENT_KIND",
+    "EXPERIMENT_KIND_TAG",
     "MLFLOW_SCHEMES",
     "check_local_store",
     "check_tracking",
@@ -188,6 +190,16 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "experiment"
 
 
+# MLflow's UI reads this experiment tag for what kind of work an experiment holds: with
+# "genai_development", or none, it may open the experiment on a GenAI overview of traces, which a
+# study has none of. Checked against mlflow 3.17.2, whose UI lets its global GenAI / Model
+# training switch decide instead (the runs address `msdn-tune ui` prints names that switch);
+# the tag is what MLflow's own experiment-kind selector writes, and what a UI without that
+# switch goes by.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def _artifact_location(uri: str, name: str, artifact_root: Path | str | None) -> str | None:
     """Where a new experiment's artifacts go; None lets an HTTP server decide (proxied)."""
     if artifact_root is None:
@@ -208,6 +220,10 @@ def ensure_experiment(uri: str, name: str, artifact_root: Path | None = None) ->
     Local stores get an explicit artifact location (``<db dir>/mlartifacts/<name>``) because
     MLflow's default is ``./mlruns`` relative to whichever process happens to create it. A new
     SQLite store starts from the cached schema (:func:`seed_sqlite_store`).
+
+    The experiment is marked as model training (:data:`EXPERIMENT_KIND`), also when an
+    existing one (a resumed study, an experiment made before the mark) lacks the tag; a kind
+    someone chose in the UI is left alone.
     """
     db = sqlite_path(uri)
     if db is not None:
@@ -219,7 +235,9 @@ def ensure_experiment(uri: str, name: str, artifact_root: Path | None = None) ->
             if exp is None:
                 try:
                     return client.create_experiment(
-                        name, artifact_location=_artifact_location(uri, name, artifact_root)
+                        name,
+                        artifact_location=_artifact_location(uri, name, artifact_root),
+                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
                     )
                 except MlflowException as exc:
                     if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # lost a creation race
@@ -231,6 +249,8 @@ def ensure_experiment(uri: str, name: str, artifact_root: Path | None = None) ->
                     "restoring deleted MLflow experiment %r (id %s)", name, exp.experiment_id
                 )
                 client.restore_experiment(exp.experiment_id)
+            if EXPERIMENT_KIND_TAG not in exp.tags:
+                client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return exp.experiment_id
     except Exception as exc:  # noqa: BLE001 - any store failure is a TrackingError
         raise TrackingError(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import sqlite3
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,8 @@ from mlflow import MlflowClient
 
 from msdn_tune.errors import TrackingError
 from msdn_tune.integrations.mlflow.store import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
     check_tracking,
     default_tracking_uri,
     ensure_experiment,
@@ -115,6 +119,38 @@ def test_a_store_that_cannot_be_seeded_is_left_to_mlflow(tmp_path, monkeypatch):
     assert not db.exists() and not list(tmp_path.glob(".*"))
     ensure_experiment(f"sqlite:///{db}", "x")
     assert "x" in {e.name for e in MlflowClient(f"sqlite:///{db}").search_experiments()}
+
+
+def _experiment_tags(server: str, experiment_id: str) -> dict[str, str]:
+    """An experiment's tags as MLflow's REST API serves them to its UI."""
+    url = f"{server}/api/2.0/mlflow/experiments/get?experiment_id={experiment_id}"
+    with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310 - our own test server
+        experiment = json.load(resp)["experiment"]
+    return {t["key"]: t["value"] for t in experiment.get("tags", [])}
+
+
+def test_a_study_experiment_is_marked_model_training_new_or_reused(server):
+    """The UI's experiment-kind tag: set on a new experiment, added to a reused (or restored)
+    one that lacks it, and a kind someone chose is kept."""
+    assert (EXPERIMENT_KIND_TAG, EXPERIMENT_KIND) == (
+        "mlflow.experimentKind", "custom_model_development")
+    new = ensure_experiment(server, "kind-new")
+    assert _experiment_tags(server, new)[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+
+    client = MlflowClient(server)
+    old = client.create_experiment("kind-old")  # as studies made them before the tag
+    gone = client.create_experiment("kind-deleted")
+    client.delete_experiment(gone)
+    chosen = client.create_experiment(
+        "kind-chosen", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    assert EXPERIMENT_KIND_TAG not in _experiment_tags(server, old)
+    assert ensure_experiment(server, "kind-old") == old  # a resumed study reuses its experiment
+    assert ensure_experiment(server, "kind-deleted") == gone
+    assert ensure_experiment(server, "kind-chosen") == chosen
+    assert _experiment_tags(server, old)[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    assert _experiment_tags(server, gone)[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    assert client.get_experiment(gone).lifecycle_stage == "active"
+    assert _experiment_tags(server, chosen)[EXPERIMENT_KIND_TAG] == "genai_development"
 
 
 def test_check_tracking_fails_fast_with_a_clear_error(tmp_path):
