@@ -350,7 +350,8 @@ def _finish_tracking(tracker: Any, space: StudySpec, outcome: StudyOutcome,
         tracker.finish(best_metrics=best.metrics if best else None,
                        best_trial_id=best.trial_id if best else None, artifacts=artifacts,
                        status="FINISHED" if outcome.complete else "KILLED",
-                       trial_ids=[r.trial_id for r in outcome.rows] if outcome.complete else None)
+                       trial_ids=[r.trial_id for r in outcome.rows] if outcome.complete else None,
+                       outcomes={r.trial_id: r.status for r in outcome.rows})
         if tracker.degraded:  # the tracker has printed its own single warning
             problem = None
     else:

@@ -237,14 +237,18 @@ class StudyTracker:
             if not token:
                 return runs
 
-    def close_stale_children(self, grace_s: float = 0.0) -> int:
+    def close_stale_children(self, grace_s: float = 0.0,
+                             outcomes: Mapping[str, str] | None = None) -> int:
         """End child runs left RUNNING (crashed driver, killed worker); returns how many.
 
         Call it when no trial of the study runs any more. ``grace_s``: how long to let trials
         end their own runs first -- Tune can report a trial finished while its worker is still
         in the trial's final ``finally`` (sending the last metrics, then ending the run). A run
-        whose trial already tagged its outcome ends with that outcome's status; others are
-        tagged ``killed`` and end KILLED.
+        whose trial already tagged its outcome ends with that outcome's status; else the
+        trial's outcome as the study recorded it (``outcomes``: trial id -> completed,
+        early_stopped or failed), so that a trial whose worker was merely slow to close its run
+        (a loaded machine) is never recorded as killed; only the others are tagged ``killed``
+        and end KILLED.
         """
         deadline = time.monotonic() + grace_s
         while True:
@@ -256,7 +260,8 @@ class StudyTracker:
         for run in running:
             outcome = run.data.tags.get("msdn_tune.status", "running")
             if outcome not in TRIAL_STATUSES:
-                outcome = "killed"
+                known = (outcomes or {}).get(run.data.tags.get("msdn_tune.trial_id", ""))
+                outcome = known if known in TRIAL_STATUSES else "killed"
                 self._guard(self._client.set_tag, run.info.run_id, "msdn_tune.status", outcome)
             self._guard(self._client.set_terminated, run.info.run_id, TRIAL_STATUSES[outcome])
             n += 0 if self._guard.dead else 1
@@ -285,8 +290,12 @@ class StudyTracker:
         artifacts: Iterable[Path] = (),
         status: str = "FINISHED",
         trial_ids: Iterable[str] | None = None,
+        outcomes: Mapping[str, str] | None = None,
     ) -> None:
         """Close stale children, log the best trial's metrics and the result files, end the run.
+
+        ``outcomes``: each trial's outcome as the study recorded it (see
+        :meth:`close_stale_children`).
 
         ``trial_ids``: the study's trials as Tune finally knows them. A child run of any other
         trial belongs to a trial that Tune lost -- it was running when the driver was killed,
@@ -301,7 +310,8 @@ class StudyTracker:
         run_id, c, g = self.parent_run_id, self._client, self._guard
         # an interrupted study's trials were stopped abruptly: wait less for them
         self.close_stale_children(
-            grace_s=self.finish_grace_s if status == "FINISHED" else min(3.0, self.finish_grace_s)
+            grace_s=self.finish_grace_s if status == "FINISHED" else min(3.0, self.finish_grace_s),
+            outcomes=outcomes,
         )
         if trial_ids is not None:
             self._trash_lost_children({str(t) for t in trial_ids})

@@ -173,3 +173,29 @@ def test_trial_survives_a_dead_server(tmp_path, caplog):
     assert time.perf_counter() - t0 < 15
     assert not tt.active
     assert sum(DEGRADED_MESSAGE in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_slow_trial_is_closed_with_its_recorded_outcome_never_as_killed(tmp_path):
+    """Issue 19 point 6: when the driver ends a study while a trial's worker has not yet closed
+    its run (a loaded machine), the run ends with the outcome the study recorded for the trial;
+    only a trial with no recorded outcome is called killed."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    st, parent = _study(uri, "slow", tmp_path)
+    runs = {}
+    for tid in ("done", "stopped", "unknown"):
+        tt = TrialTracker(uri, st.experiment_id, parent, trial_id=tid, trial_name=tid,
+                          study="slow", params={"lr": 1e-3})
+        tt.log_epoch({"val/H": 0.5}, 1)
+        tt.flush()
+        runs[tid] = tt.run_id  # left RUNNING: the worker never reached its finish
+    st.finish_grace_s = 0.0
+    st.finish(best_metrics=None, best_trial_id=None,
+              outcomes={"done": "completed", "stopped": "early_stopped"})
+    client = MlflowClient(uri)
+    got = {tid: client.get_run(rid) for tid, rid in runs.items()}
+    assert got["done"].info.status == "FINISHED"
+    assert got["done"].data.tags["msdn_tune.status"] == "completed"
+    assert got["stopped"].info.status == "FINISHED"
+    assert got["stopped"].data.tags["msdn_tune.status"] == "early_stopped"
+    assert got["unknown"].info.status == "KILLED"
+    assert got["unknown"].data.tags["msdn_tune.status"] == "killed"
