@@ -187,9 +187,16 @@ def space_validate_cmd(file: str) -> None:
     Beyond the format, FILE is given to Optuna and its resolved form read back, so a file this
     accepts does not fail once a study runs.
     """
-    from msdn_tune.commands.space import validate_space  # imports Optuna: not for --help
+    from msdn_tune.commands.space import (  # imports Optuna: not for --help
+        packing_rule,
+        validate_space,
+    )
 
-    click.echo(f"ok: {validate_space(file).summary()}")
+    space = validate_space(file)
+    click.echo(f"ok: {space.summary()}")
+    rule = packing_rule(space)
+    if rule:
+        click.echo(rule)
 
 
 @space_group.command("show")

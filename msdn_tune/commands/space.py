@@ -60,3 +60,41 @@ def show_space(path: str | Path) -> str:
     """The resolved YAML of a space file that `validate_space` accepts."""
     return validate_space(path).to_yaml()
 
+
+
+def packing_rule(space: StudySpec) -> str | None:
+    """What `resources: {gpu: auto}` will do, for `space validate` to print: trials per GPU for
+    common card sizes at the study's benchmark shapes (the store's when it exists, else the
+    dataset's published ones), or None when the study does not ask for auto or its shapes are
+    unknown before it runs (a synthetic preset not generated yet)."""
+    if space.resources.get("gpu") != "auto":
+        return None
+    # torch (through the trainer) only for a space that asks for auto
+    from msdn_tune.data.registry import DATASETS
+    from msdn_tune.data.resolve import open_benchmark
+    from msdn_tune.train.config import TrainConfig
+    from msdn_tune.train.packing import TrialShapes, packing_table, trial_memory
+    from msdn_tune.train.trainer import trial_shapes
+
+    cfg = TrainConfig.from_dict(dict(space.fixed))
+    store = Path(str(space.data))
+    if store.is_dir() and (store / "meta.json").is_file():
+        with open_benchmark(store) as bench:
+            shapes, where = trial_shapes(bench, cfg), f"{store}'s shapes"
+    else:
+        info = DATASETS.get(cfg.dataset.upper())
+        if info is None:
+            return "gpu: auto: trials per GPU are chosen when the study starts (its store's " \
+                   "shapes are not known before)"
+        # clean selection splits trainval into train and validation: the same images in all
+        shapes = TrialShapes(n_train=info.trainval, n_eval=info.test_seen + info.test_unseen,
+                             channels=2048, regions=196, n_attributes=info.n_attributes,
+                             n_classes=info.n_classes, batch_size=cfg.batch_size,
+                             eval_batch_size=cfg.eval_batch_size)
+        where = f"{info.name}'s published shapes"
+    mem = trial_memory(shapes)
+    cards = ", ".join(f"{gb} GB: {n} ({share:g} each)" if n else f"{gb} GB: 1 (not all resident)"
+                      for gb, n, share in packing_table(mem))
+    return (f"gpu: auto packs trials by GPU memory, about {mem.total / 1e9:.1f} GB each at "
+            f"{where} ({(mem.train_features + mem.eval_features) / 1e9:.1f} GB of features kept "
+            f"on the GPU): trials per GPU {cards}")

@@ -14,6 +14,7 @@ msdn_tune.integrations.mlflow; the start-up and wind-down speed-ups are msdn_tun
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shlex
@@ -209,6 +210,10 @@ def run_study(space: StudySpec, *, space_file: Path | None = None, address: str 
     try:
         prepared = pending.result()
         # Before anything is written: a refused study leaves nothing behind.
+        if space.resources.get("gpu") == "auto":
+            from msdn_tune.integrations.ray.gpus import require_gpus  # only for gpu: auto
+
+            require_gpus()
         check_cluster_storage(space.storage_path, space.resources, declared_shared=storage_shared)
 
         data_path = str(resolve_benchmark(space.data))
@@ -228,9 +233,15 @@ def run_study(space: StudySpec, *, space_file: Path | None = None, address: str 
 
         # A preset travels by name: each node generates (once, deterministically) its own copy.
         trial_data = space.data if parse_preset(space.data) else data_path
+        # gpu: auto becomes a share of a GPU here; the study's own record keeps "auto", so a
+        # resume packs for the GPUs it finds then
+        run_space = _resolve_gpu_auto(space, data_path, console)
+        gpu = float(run_space.resources.get("gpu") or 0)
         static = TrialStatic(data_path=trial_data, fixed=dict(space.fixed), study=space.name,
-                             tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent)
-        tuner = build_tuner(space, static, exp_dir=exp_dir, resume=resume, warm_rows=warm_rows,
+                             tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent,
+                             gpu_fraction=gpu if 0 < gpu < 1 else None)
+        tuner = build_tuner(run_space, static, exp_dir=exp_dir, resume=resume,
+                            warm_rows=warm_rows,
                             init_weights=_study_init(space, uri),
                             console=console, ray_storage=store.ray_storage(),
                             wind_down=_startup.warm_wrapup_imports if tracker is not None
@@ -361,6 +372,30 @@ def _finish_tracking(tracker: Any, space: StudySpec, outcome: StudyOutcome,
         console.print(f"warning: {problem}; the study's results are complete in {exp_dir} "
                       f"(log its plots later with: msdn-tune report {exp_dir})",
                       style="yellow", markup=False, soft_wrap=True)
+
+
+def _resolve_gpu_auto(space: StudySpec, data_path: str, console: Console) -> StudySpec:
+    """`space` with `resources.gpu: auto` replaced by a share of one GPU: as many trials per
+    GPU as fit the cluster's GPU memory at this benchmark's shapes (msdn_tune.train.packing)."""
+    if space.resources.get("gpu") != "auto":
+        return space
+    # torch and Ray's task API: only for a study that asks for auto
+    from msdn_tune.integrations.ray.gpus import cluster_gpu_memory
+    from msdn_tune.train.packing import gpu_fraction, trial_memory, trials_per_gpu
+    from msdn_tune.train.trainer import trial_shapes
+
+    gpu_bytes = cluster_gpu_memory()
+    cfg = TrainConfig.from_dict(dict(space.fixed))
+    with open_benchmark(data_path) as bench:
+        mem = trial_memory(trial_shapes(bench, cfg))
+    n = trials_per_gpu(gpu_bytes, mem)
+    share = gpu_fraction(max(n, 1))
+    fits = (f"{n} trials per GPU ({share:g} GPU each)" if n else
+            "1 trial per GPU (its features do not all fit: part is read from the host)")
+    console.print(f"gpu: auto → {fits}: a trial needs about {mem.total / 1e9:.1f} GB "
+                  f"({(mem.train_features + mem.eval_features) / 1e9:.1f} GB of features kept "
+                  f"on the GPU) of a {gpu_bytes / 1e9:.0f} GB GPU", soft_wrap=True)
+    return dataclasses.replace(space, resources={**space.resources, "gpu": share})
 
 
 def _study_init(space: StudySpec, uri: str | None) -> dict[str, Any] | None:

@@ -144,7 +144,8 @@ def _real_path(loc: tuple[str | int, ...], doc: Any) -> tuple[Where, bool]:
     node = doc
     is_key = False
     for part in loc:
-        if isinstance(part, str) and (_TAG.fullmatch(part) or part in _UNION_LABELS):
+        if isinstance(part, str) and (_TAG.fullmatch(part) or part in _UNION_LABELS
+                                      or part.startswith(("function-", "literal["))):
             if not (isinstance(node, dict) and part in node):
                 continue
         if part == "[key]":

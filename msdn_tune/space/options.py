@@ -11,7 +11,15 @@ from __future__ import annotations
 import sys
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 FORMAT_VERSION = 1
@@ -286,16 +294,27 @@ class Resources(Section):
         le=MAX_CPU,
         description="CPUs reserved per trial (fractions allowed, down to 0.0001).",
     )
-    gpu: Real = Field(
+    gpu: Annotated[Real, Field(ge=0, le=MAX_GPU)] | Literal["auto"] = Field(
         0,
-        ge=0,
-        le=MAX_GPU,
-        description="GPUs per trial: 0, a fraction < 1 to share a card (nothing isolates memory: "
-        "only when two trials fit), or a whole number.",
+        description="GPUs per trial: 0, a fraction < 1 to share a card (each trial's CUDA "
+        "memory is capped at its share), a whole number, or auto: as many trials per GPU as "
+        "fit its memory at the benchmark's shapes (`space validate` prints the rule).",
     )
+
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _number_or_auto(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "auto":
+            # not "space": that type marks rules beyond the JSON schema, and this one is in it
+            raise PydanticCustomError(
+                "number_or_auto", "{message}",
+                {"message": f"expected a number or auto (got the string {value[:40]!r})"})
+        return value
 
     @model_validator(mode="after")
     def _whole_or_fraction(self) -> Resources:
+        if self.gpu == "auto":
+            return self
         if 0 < self.gpu < MIN_RESOURCE:
             raise PydanticCustomError(
                 "space",

@@ -46,10 +46,18 @@ def _clean(node: Any) -> Any:
         if ours in out:
             out[standard] = out.pop(ours)
     members = out.get("anyOf")
-    if isinstance(members, list) and all(set(m) <= _SIMPLE for m in members):
+    if (isinstance(members, list) and all(set(m) <= _SIMPLE for m in members)
+            and _mergeable(members)):
         out.pop("anyOf")
         out.update(_merge(members))
     return out
+
+
+def _mergeable(members: list[dict[str, Any]]) -> bool:
+    """Whether `_merge` keeps the members' meaning: a value list (enum/const) restricts the
+    merged schema to it, so either every member other than null has one, or none has."""
+    listed = [("enum" in m or "const" in m) for m in members if m.get("type") != "null"]
+    return all(listed) or not any(listed)
 
 
 def _merge(members: list[dict[str, Any]]) -> dict[str, Any]:

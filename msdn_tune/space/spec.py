@@ -144,7 +144,8 @@ class StudySpec:
         sched = self.scheduler["type"]
         if sched == "asha":
             sched += f" (grace {self.scheduler['grace_period']}, max_t {self.scheduler['max_t']})"
-        res = f"{self.resources['cpu']:g} cpu + {self.resources['gpu']:g} gpu"
+        gpu = self.resources["gpu"]
+        res = f"{self.resources['cpu']:g} cpu + {gpu if gpu == 'auto' else format(gpu, 'g')} gpu"
         return (
             f"{self.name}: {len(self.params)} params ({n_cond} conditional), objective {objs}, "
             f"sampler {self.sampler['type']} (seed {self.sampler['seed']}), scheduler {sched}, "

@@ -36,6 +36,7 @@ from msdn_tune.model.msdn import MSDN
 from msdn_tune.safeload import shorten
 from msdn_tune.train.config import MAX_EPOCHS, TrainConfig
 from msdn_tune.train.metrics import EvalLogits, evaluate_logits, tune_eval_settings
+from msdn_tune.train.packing import TrialShapes, working_bytes
 from msdn_tune.train.precision import PrecisionChoice, bf16_supported, resolve_precision
 
 CHECKPOINT_VERSION = 1
@@ -64,6 +65,32 @@ def default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - non-Linux
         return max(1, os.cpu_count() or 1)
+
+
+def trial_shapes(bench: BenchmarkStore, cfg: TrainConfig) -> TrialShapes:
+    """The shapes a run of `cfg` on `bench` keeps in GPU memory (msdn_tune.train.packing): its
+    training split and every evaluation set it scores (validation and test under clean
+    selection)."""
+    select, test = _splits(bench, cfg.selection)
+    evals = {id(a): len(a) for sp in (select, test) for a in (sp.eval_seen, sp.eval_unseen)}
+    return TrialShapes(
+        n_train=len(select.train), n_eval=sum(evals.values()), channels=bench.channels,
+        regions=bench.regions, n_attributes=bench.n_attributes, n_classes=bench.n_classes,
+        batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size)
+
+
+def gpu_budget_bytes(device: torch.device, fraction: float | None) -> int | None:
+    """This trainer's share of its GPU's memory (None off a GPU), capping CUDA's allocator at
+    `fraction` when trials share the GPU (0 < fraction < 1)."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
+    if fraction is not None and 0 < fraction < 1:
+        torch.cuda.set_per_process_memory_fraction(float(fraction), index)
+        return int(total * fraction)
+    free, _ = torch.cuda.mem_get_info(index)
+    return int(free)
 
 
 @dataclass
@@ -134,14 +161,21 @@ class Trainer:
     """One MSDN++ training run over a benchmark store."""
 
     def __init__(self, cfg: TrainConfig, bench: BenchmarkStore, *,
-                 init_weights: Mapping[str, torch.Tensor] | None = None) -> None:
+                 init_weights: Mapping[str, torch.Tensor] | None = None,
+                 gpu_memory_fraction: float | None = None) -> None:
         """`init_weights`: the trainable tensors of the model `cfg.init` names, which the
         caller loads (a models:/ URI needs MLflow, which this library does not import); a
         config with `init` set refuses to train from a random draw without them, unless a
-        checkpoint is loaded over it (`load_state_dict`)."""
+        checkpoint is loaded over it (`load_state_dict`).
+
+        `gpu_memory_fraction`: this trial's share of its GPU when trials share one (Ray's
+        fractional `gpu`). CUDA's allocator is capped at it, so a trial that outgrows its share
+        fails alone instead of starving the others, and the data kept on the GPU is sized to it.
+        """
         self.cfg = cfg
         self.bench = bench
         self.device = resolve_device(cfg.device)
+        self.gpu_budget = gpu_budget_bytes(self.device, gpu_memory_fraction)
         torch.set_num_threads(cfg.threads or default_threads())
         if cfg.precision == "bf16" and not bf16_supported(self.device):
             raise ConfigError(f"precision: bf16 is not supported on {self.device} here; use fp32")
@@ -175,7 +209,8 @@ class Trainer:
         self._att_normed = torch.nn.functional.normalize(
             self.model_class_attributes(), dim=1) if cfg.lambda_ar > 0 else None
         self._labels = torch.tensor(np.array(bench.labels), dtype=torch.long)
-        self._resident = self._maybe_resident(self.select_split.train)
+        self._resident: dict[str, torch.Tensor] = {}
+        self._place_resident()
 
         self.epoch = 0
         self.best: dict[str, float] = {f"best/{k}": 0.0 for k in EVAL_METRICS}
@@ -217,17 +252,42 @@ class Trainer:
                            device=self.device)
         return att.clamp_min(0) if self.cfg.clip_negative_att else att
 
-    def _maybe_resident(self, rows: np.ndarray) -> torch.Tensor | None:
-        """On GPU, keep the training split on the device when it fits: no host-side bottleneck."""
-        if self.device.type != "cuda":
-            return None
-        need = len(rows) * self.bench.channels * self.bench.regions * 2
-        free, _total = torch.cuda.mem_get_info(self.device)
-        if need > 0.4 * free:
-            return None
-        chunks = [self.bench.gather(rows[i:i + 1024]).to(self.device, torch.float16)
-                  for i in range(0, len(rows), 1024)]
-        return torch.cat(chunks)
+    def _place_resident(self) -> None:
+        """On a GPU, keep the splits it reads every epoch in its memory, in fp16, so that no
+        step waits for the host: the training split first, then the evaluation sets, each only
+        if it fits in this trial's memory budget next to the working memory that
+        :mod:`msdn_tune.train.packing` reserves (the same rule that packs trials on a GPU)."""
+        if self.device.type != "cuda" or self.gpu_budget is None:
+            return
+        splits = {"train": self.select_split.train}
+        for split in {id(self.select_split): self.select_split,
+                      id(self.test_split): self.test_split}.values():
+            splits[f"seen:{id(split.eval_seen)}"] = split.eval_seen
+            splits[f"unseen:{id(split.eval_unseen)}"] = split.eval_unseen
+        row_bytes = self.bench.channels * self.bench.regions * 2
+        limit = self.gpu_budget - working_bytes(self.trial_shapes())
+        used = 0
+        for key, rows in splits.items():
+            need = len(rows) * row_bytes
+            if used + need > limit:
+                if key == "train":
+                    return  # without the training split resident, none is worth its memory
+                continue
+            chunks = [self.bench.gather(rows[i:i + 1024]).to(self.device, torch.float16)
+                      for i in range(0, len(rows), 1024)]
+            self._resident[key] = torch.cat(chunks) if chunks else torch.empty(
+                (0, self.bench.channels, self.bench.regions), dtype=torch.float16,
+                device=self.device)
+            used += need
+
+    def trial_shapes(self) -> TrialShapes:
+        """This run's shapes, as the GPU packing rule counts them."""
+        return trial_shapes(self.bench, self.cfg)
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes of benchmark features this trainer keeps on its GPU."""
+        return sum(t.numel() * t.element_size() for t in self._resident.values())
 
     def _batches(self, epoch: int) -> Iterator[np.ndarray]:
         """Positions into the training split for each batch of one epoch (seeded by epoch)."""
@@ -253,10 +313,15 @@ class Trainer:
             chosen = rng.choice(classes, size=per, replace=False)
             yield np.array([rng.choice(by_class[c]) for c in chosen])
 
-    def _features(self, pos: np.ndarray, rows: np.ndarray, resident: bool) -> torch.Tensor:
-        if resident and self._resident is not None:
-            return self._resident[torch.as_tensor(pos, device=self.device)].float()
-        x = self.bench.gather(rows[pos])
+    def _features(self, pos: np.ndarray | torch.Tensor, rows: np.ndarray,
+                  key: str | None) -> torch.Tensor:
+        """Features of `rows[pos]`: from the resident copy `key` when there is one (`pos` may
+        then already be on the device), else gathered from the store."""
+        cached = self._resident.get(key) if key is not None else None
+        if cached is not None:
+            return cached[torch.as_tensor(pos, device=self.device)].float()
+        x = self.bench.gather(rows[np.asarray(pos.cpu() if isinstance(pos, torch.Tensor)
+                                              else pos)])
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device, torch.float32)
@@ -278,24 +343,37 @@ class Trainer:
         torch.manual_seed(self.cfg.seed * 100003 + epoch)
         rows = self.select_split.train
         batches = list(self._batches(epoch))
-        sums: dict[str, float] = {}
+        # On a GPU nothing below waits for the device: losses are summed there and read once
+        # per epoch, and a non-finite loss is noticed at the epoch's end (the weights of the
+        # last finished epoch are the caller's checkpoint). On a CPU reading them costs nothing
+        # and a divergence is caught at its step.
+        lazy = self.device.type == "cuda"
+        labels = self._labels[torch.as_tensor(rows)].to(self.device)
+        sums: dict[str, torch.Tensor] = {}
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
         for step, pos in enumerate(batches, 1):
-            x = self._features(pos, rows, resident=True)
-            y = self._labels[torch.as_tensor(rows[pos])].to(self.device)
+            pos_t = torch.as_tensor(pos).to(self.device, non_blocking=True)
+            x = self._features(pos_t if "train" in self._resident else pos, rows, "train")
+            y = labels[pos_t]
             with self._autocast():
                 out = self.model(x)
                 loss, parts = msdn_loss(out, y, self._m_train, self._unseen_mask, self.weights,
                                         self._att_normed)
-            if not torch.isfinite(loss):
+            if lazy:
+                finite &= torch.isfinite(loss)
+            elif not torch.isfinite(loss):
                 raise DivergenceError(epoch, step, "loss")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                v = torch.as_tensor(v).detach().double()
+                sums[k] = sums[k] + v if k in sums else v
             if progress is not None:
                 progress(step, len(batches))
-        return {f"train/{k}": v / len(batches) for k, v in sums.items()}
+        if lazy and not bool(finite):
+            raise DivergenceError(epoch, len(batches), "loss (at a step of this epoch)")
+        return {f"train/{k}": float(v) / len(batches) for k, v in sums.items()}
 
     @torch.no_grad()
     def logits(self, split: _Split, *, epoch: int | None = None) -> EvalLogits:
@@ -306,21 +384,25 @@ class Trainer:
         """
         self.model.eval()
         parts = []
-        for rows in (split.eval_seen, split.eval_unseen):
+        for kind, rows in (("seen", split.eval_seen), ("unseen", split.eval_unseen)):
             za, zv = [], []
+            key = f"{kind}:{id(rows)}"
             for i in range(0, len(rows), self.cfg.eval_batch_size):
                 pos = np.arange(i, min(i + self.cfg.eval_batch_size, len(rows)))
-                x = self._features(pos, rows, resident=False)
+                x = self._features(pos, rows, key)
                 with self._autocast():
                     out = self.model(x, intervene=self.cfg.kappa > 0)
                 a, v = out.z_ava.float(), out.z_vaa.float()
                 if self.cfg.kappa > 0 and out.z_ava_eff is not None:
                     a = a + self.cfg.kappa * out.z_ava_eff.float()
                     v = v + self.cfg.kappa * out.z_vaa_eff.float()
-                za.append(a.cpu())
-                zv.append(v.cpu())
-            z_a = torch.cat(za).numpy() if za else np.zeros((0, self.bench.n_classes), np.float32)
-            z_v = torch.cat(zv).numpy() if zv else np.zeros((0, self.bench.n_classes), np.float32)
+                za.append(a)
+                zv.append(v)
+            # one copy to the host per evaluation set, not one (and one wait) per batch
+            z_a = (torch.cat(za).cpu().numpy() if za
+                   else np.zeros((0, self.bench.n_classes), np.float32))
+            z_v = (torch.cat(zv).cpu().numpy() if zv
+                   else np.zeros((0, self.bench.n_classes), np.float32))
             if not (np.isfinite(z_a).all() and np.isfinite(z_v).all()):
                 raise DivergenceError(self.epoch if epoch is None else epoch, 0,
                                       "evaluation logits")
@@ -348,6 +430,11 @@ class Trainer:
         # which precision ran, in every record of the run's metrics (Tune, MLflow, parquet,
         # metrics.jsonl): with precision auto the config alone does not say
         metrics["time/bf16"] = 1.0 if self.precision == "bf16" else 0.0
+        if self.device.type == "cuda":  # what packing trials on a GPU needs to know
+            metrics["gpu/peak_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+            metrics["gpu/resident_mb"] = self.resident_bytes / 2**20
+            if self.gpu_budget is not None:
+                metrics["gpu/budget_mb"] = self.gpu_budget / 2**20
         self.history.append(metrics)
         return metrics
 

@@ -335,3 +335,13 @@ def test_every_trial_starts_from_the_model_fixed_init_names(tmp_path, ray_addres
         assert state["config"]["init"] == str(run)
         for key in ("W_1", "W_2", "W_1_1", "W_2_1", "V"):
             torch.testing.assert_close(state["model"][key], init[key], rtol=0, atol=1e-6)
+
+
+def test_gpu_auto_on_a_cluster_without_gpus_is_one_line_before_any_trial(tmp_path, ray_address):
+    space = _space(tmp_path, "auto-gpu", num_samples=2, resources={"cpu": 1, "gpu": "auto"})
+    res = _run(["run", "--space", str(space), "--address", ray_address, "--no-tracking"],
+               cwd=tmp_path, timeout=300)
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "resources.gpu: auto, but the Ray cluster has no GPU" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not list((tmp_path / "results" / "auto-gpu").glob("msdn_trial*"))

@@ -121,6 +121,10 @@ def alive_nodes() -> list[NodeInfo]:
     ]
 
 
+MIN_GPU_SHARE = 0.0001
+"""What `gpu: auto` asks of a node at least (it resolves to a share of one GPU)."""
+
+
 def trials_span_nodes(nodes: Sequence[NodeInfo], trial: Mapping[str, Any]) -> bool:
     """Whether trials will run on more than one node, or on a node other than this one.
 
@@ -129,7 +133,8 @@ def trials_span_nodes(nodes: Sequence[NodeInfo], trial: Mapping[str, Any]) -> bo
     """
     if len(nodes) != 1:
         return len(nodes) > 1
-    cpu, gpu = float(trial.get("cpu") or 0), float(trial.get("gpu") or 0)
+    g = trial.get("gpu")
+    cpu, gpu = float(trial.get("cpu") or 0), MIN_GPU_SHARE if g == "auto" else float(g or 0)
     return nodes[0].cpu < cpu or nodes[0].gpu < gpu
 
 

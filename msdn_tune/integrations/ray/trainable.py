@@ -35,6 +35,8 @@ class TrialStatic:
     experiment_id: str | None = None
     parent_run_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    gpu_fraction: float | None = None
+    """Each trial's share of its GPU when trials share one: its CUDA memory is capped at it."""
 
 
 def make_trainable(static: TrialStatic) -> Callable[[dict[str, Any]], None]:
@@ -61,7 +63,8 @@ def run_trial(config: dict[str, Any], static: TrialStatic, *,
     settings = {**static.fixed, **{k: v for k, v in config.items() if v is not None}}
     cfg = TrainConfig.from_dict(settings)
     bench = open_benchmark(static.data_path)
-    trainer = Trainer(cfg, bench, init_weights=init_weights if cfg.init else None)
+    trainer = Trainer(cfg, bench, init_weights=init_weights if cfg.init else None,
+                      gpu_memory_fraction=static.gpu_fraction)
     ctx = tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
 
