@@ -29,7 +29,7 @@ SCRIPT = ROOT / "benchmarks" / "gpu.py"
 CPU_BF16 = bf16_supported(torch.device("cpu"))
 TORCHVISION = importlib.util.find_spec("torchvision") is not None
 
-# The smoke run starts seven worker processes, each importing torch: 46-60 s on this project's
+# The smoke run starts seven worker processes, each importing torch: 38-46 s on this project's
 # 2-core machine while other jobs shared it, so the tests that read it are in the slow tier.
 slow = pytest.mark.slow
 
