@@ -226,9 +226,10 @@ def _build_trainer(job: dict[str, Any]) -> tuple[Trainer | None, dict[str, Any]]
     facts = {
         "setup_s": time.perf_counter() - t0, "precision": trainer.precision,
         "device": str(trainer.device), "threads": job["threads"],
-        # the Trainer keeps the training split on the GPU when it fits (_maybe_resident); whether
-        # it did changes every figure, so it is recorded
-        "resident": getattr(trainer, "_resident", None) is not None,
+        # the Trainer keeps the training split (and the evaluation sets) on the GPU when they
+        # fit its share; how much it kept changes every figure, so it is recorded
+        "resident": trainer.resident_bytes > 0,
+        "resident_mb": trainer.resident_bytes / 2**20,
         "train_rows": len(split.train), "eval_rows": [len(split.eval_seen), len(split.eval_unseen)],
         "train_batches": uniform_batches(len(split.train), cfg.batch_size),
         "eval_batches": eval_batches(len(split.eval_seen), len(split.eval_unseen),

@@ -264,7 +264,11 @@ class Trainer:
                       id(self.test_split): self.test_split}.values():
             splits[f"seen:{id(split.eval_seen)}"] = split.eval_seen
             splits[f"unseen:{id(split.eval_unseen)}"] = split.eval_unseen
-        row_bytes = self.bench.channels * self.bench.regions * 2
+        # the store's own dtype (fp16 as written by default): features read from the GPU copy
+        # are the same numbers as those read from the host
+        dtype = torch.from_numpy(np.empty(0, dtype=self.bench.dtype)).dtype
+        shape = (self.bench.channels, self.bench.regions)
+        row_bytes = shape[0] * shape[1] * torch.empty((), dtype=dtype).element_size()
         limit = self.gpu_budget - working_bytes(self.trial_shapes())
         used = 0
         for key, rows in splits.items():
@@ -273,11 +277,13 @@ class Trainer:
                 if key == "train":
                     return  # without the training split resident, none is worth its memory
                 continue
-            chunks = [self.bench.gather(rows[i:i + 1024]).to(self.device, torch.float16)
-                      for i in range(0, len(rows), 1024)]
-            self._resident[key] = torch.cat(chunks) if chunks else torch.empty(
-                (0, self.bench.channels, self.bench.regions), dtype=torch.float16,
-                device=self.device)
+            # filled in place, chunk by chunk: never twice the split on the GPU at once
+            out = torch.empty((len(rows), *shape), dtype=dtype, device=self.device)
+            for i in range(0, len(rows), 1024):
+                chunk = self.bench.gather(rows[i:i + 1024])
+                out[i:i + len(chunk)].copy_(chunk.pin_memory(), non_blocking=True)
+            torch.cuda.synchronize(self.device)  # every chunk copied before it is counted
+            self._resident[key] = out
             used += need
 
     def trial_shapes(self) -> TrialShapes:
