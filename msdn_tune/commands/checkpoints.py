@@ -10,7 +10,6 @@ Export writes any of our models back in the published core class's layout.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 
 from msdn_tune.commands.weights import read_published_file, source_model
 from msdn_tune.data.registry import get_dataset
-from msdn_tune.data.resnet import load_trunk
+from msdn_tune.data.resnet import file_sha256, load_trunk
 from msdn_tune.data.resolve import open_benchmark
 from msdn_tune.errors import ConfigError, DataError
 from msdn_tune.model.msdn import MSDN
@@ -47,14 +46,6 @@ class ImportResult:
     metrics: dict[str, float] = field(default_factory=dict)
     backbone: Path | None = None
     backbone_tensors: int = 0
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(8 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_against_dataset(pw: PublishedWeights, dataset: str, where: str) -> None:
@@ -162,7 +153,7 @@ def import_checkpoint(file: str, dataset: str, *, data: str | None = None,
             raise DataError(f"{where}: its resnet101.* weights are not a whole ResNet-101 "
                             f"trunk ({exc})") from None
 
-    sha = _sha256(path)
+    sha = file_sha256(path)
     model.__dict__["msdn_tune_config"] = cfg.to_dict()
     if pw.seen is not None:
         model.__dict__["msdn_tune_seen"] = [int(c) for c in pw.seen]

@@ -21,7 +21,7 @@ from msdn_tune.model.msdn import MSDN
 from msdn_tune.model.published import PublishedWeights, is_published, read_published
 from msdn_tune.safeload import shorten
 from msdn_tune.train.config import TrainConfig
-from msdn_tune.train.trainer import CHECKPOINT_KEYS, load_checkpoint
+from msdn_tune.train.trainer import CHECKPOINT_KEYS, check_checkpoint, load_checkpoint
 
 TRAINABLE = ("V", "W_1", "W_2", "W_1_1", "W_2_1")
 """The tensors a model is initialised from (the class matrix is always the benchmark's)."""
@@ -57,6 +57,12 @@ def _is_our_checkpoint(state: dict[str, Any]) -> bool:
     return set(CHECKPOINT_KEYS) <= set(state)
 
 
+def _model_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's model: its best weights when it kept them (what `evaluate` scores), else
+    its last."""
+    return dict(state["best_state"] or state["model"])
+
+
 def read_published_file(path: str | Path) -> PublishedWeights:
     """A published MSDN ``.pth`` (either published class), checked (see `read_published`)."""
     return read_published(load_weights_file(path), where=str(path))
@@ -76,13 +82,11 @@ def init_weights(source: str, *, tracking_uri: str | None = None) -> dict[str, t
         tracking.check_tracking(uri)
         weights = dict(tracking.load_model(source, tracking_uri=uri).state_dict())
     elif Path(source).is_dir():  # a run folder: its checkpoint.pt
-        ckpt = load_checkpoint(source)
-        weights = dict(ckpt["best_state"] or ckpt["model"])
+        weights = _model_weights(load_checkpoint(source))
     else:
         state = load_weights_file(source)
-        if _is_our_checkpoint(state):
-            ckpt = load_checkpoint(source)
-            weights = dict(ckpt["best_state"] or ckpt["model"])
+        if _is_our_checkpoint(state):  # checked as `load_checkpoint` would, without a re-read
+            weights = _model_weights(check_checkpoint(state, source))
         elif is_published(state):
             weights = read_published(state, where=source).head
         else:
@@ -125,7 +129,7 @@ def source_model(source: str, *, tracking_uri: str | None = None) -> SourceModel
                            where=source)
     state = load_checkpoint(source)
     cfg = TrainConfig.from_dict(state["config"])
-    weights = state["best_state"] or state["model"]
+    weights = _model_weights(state)
     att, w1 = weights.get("att"), weights.get("W_1")
     if not (isinstance(att, torch.Tensor) and isinstance(w1, torch.Tensor)):
         raise DataError(f"{source}: its weights lack 'att' or 'W_1'")

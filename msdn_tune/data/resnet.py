@@ -91,7 +91,8 @@ def default_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / V1_WEIGHTS_FILE
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256, read in 8 MiB blocks (weights files are hundreds of MB)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(8 << 20), b""):
@@ -128,7 +129,7 @@ def find_weights(weights: str | Path | None = None) -> WeightsInfo:
             f"https://download.pytorch.org/models/{V1_WEIGHTS_FILE}) to that path "
             "(or set TORCH_HOME), or pass --weights FILE"
         )
-    return WeightsInfo(path.absolute(), _sha256(path))
+    return WeightsInfo(path.absolute(), file_sha256(path))
 
 
 def load_trunk(
