@@ -8,6 +8,7 @@ only models your own studies or imports logged (see `integrations.mlflow.load_mo
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,11 @@ def load_weights_file(path: str | Path) -> dict[str, Any]:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise on stderr
             warnings.simplefilter("ignore")
             state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError (bad zip), EOFError
+    except pickle.UnpicklingError:  # never torch's advice to load it unsafely
+        raise DataError(f"{p}: not a weights file torch can read safely: it is not a file "
+                        "torch.save wrote, or it holds Python objects beyond tensors and plain "
+                        "data, which are never loaded") from None
+    except Exception as exc:  # noqa: BLE001 - RuntimeError (bad zip), EOFError, ...
         raise DataError(f"{p}: not a weights file torch can read safely (torch.load "
                         f"weights_only=True: {shorten(str(exc), 200)})") from None
     if not isinstance(state, dict):
