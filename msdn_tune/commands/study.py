@@ -30,6 +30,7 @@ from rich.console import Console
 from msdn_tune import _startup
 from msdn_tune.data.resolve import open_benchmark, parse_preset, resolve_benchmark
 from msdn_tune.errors import MsdnTuneError
+from msdn_tune.integrations.ray.address import probe_ray_address
 from msdn_tune.integrations.ray.experiment import load_trials, repair_lost_checkpoints
 from msdn_tune.integrations.ray.storage import check_cluster_storage, checked_storage
 from msdn_tune.integrations.ray.trainable import STATE_FILE, TrialStatic
@@ -41,7 +42,11 @@ from msdn_tune.integrations.ray.tuner import (
     ray_running,
     shutdown_ray,
 )
-from msdn_tune.integrations.tracking_uri import check_local_store, resolve_tracking_uri
+from msdn_tune.integrations.tracking_uri import (
+    check_local_store,
+    check_server_answers,
+    resolve_tracking_uri,
+)
 from msdn_tune.safeload import shorten
 from msdn_tune.space import StudySpec
 from msdn_tune.train.config import TrainConfig
@@ -139,10 +144,15 @@ def run_study(space: StudySpec, *, space_file: Path | None = None, address: str 
     `storage_shared` declares a local storage path shared by all nodes (NFS msdn-tune cannot
     recognise); on a multi-node cluster node-local storage is refused before any trial starts.
     """
-    # Every path and URI option is checked before Ray starts: a refused study starts nothing.
-    store = checked_storage(space.storage_path)  # a path, or a URI mirrored locally
+    # Every path, URI and address is checked before Ray starts, each connection within a stated
+    # timeout: a refused study starts nothing, in seconds.
+    store = checked_storage(space.storage_path)  # a path, or a URI mirrored locally (probed)
     if tracking:
-        check_local_store(resolve_tracking_uri(tracking_uri, (space.tracking or {}).get("uri")))
+        uri0 = resolve_tracking_uri(tracking_uri, (space.tracking or {}).get("uri"))
+        check_local_store(uri0)
+        check_server_answers(uri0)
+    if not ray_running():
+        probe_ray_address(address)
     _startup.study_environment()
     console = console or Console()
     store.pull(space.name)
@@ -248,7 +258,7 @@ def run_study(space: StudySpec, *, space_file: Path | None = None, address: str 
                             else None)
         console.print(f"study {space.name}: {space.num_samples} trials, "
                       f"{space.max_concurrent_trials} at a time → {exp_dir}")
-        finished = fit(tuner, resumed=resume)
+        finished = fit(tuner)
     except BaseException:
         if started:
             shutdown_ray()

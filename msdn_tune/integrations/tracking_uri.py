@@ -12,9 +12,12 @@ and those of installed MLflow plugins (entry point group ``mlflow.tracking_store
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import tempfile
+import urllib.error
+import urllib.request
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -29,6 +32,15 @@ MLFLOW_SCHEMES = frozenset({
 a driver (``postgresql+psycopg2``)."""
 
 PLUGIN_GROUP = "mlflow.tracking_store"
+
+UNREACHABLE_HINT = (
+    "start one with `msdn-tune ui` (local SQLite store) or "
+    "`mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000`, "
+    "or pass another --tracking-uri"
+)
+
+#: How long a tracking server gets to answer before a study refuses to start.
+PROBE_TIMEOUT_S = 5.0
 
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _NAME_MAX = 255  # bytes in one path component (Linux NAME_MAX)
@@ -154,3 +166,50 @@ def check_local_store(uri: str) -> None:
         raise TrackingError(
             f"{where}: cannot create or open the database there ({exc.strerror or exc})"
         ) from None
+
+
+# --- reachability of a tracking server (plain HTTP, no MLflow) ---------------------------------
+
+
+def _auth_headers() -> dict[str, str]:
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    user, pw = (
+        os.environ.get("MLFLOW_TRACKING_USERNAME"),
+        os.environ.get("MLFLOW_TRACKING_PASSWORD"),
+    )
+    if user and pw:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()}
+    return {}
+
+
+def probe_http(uri: str, timeout_s: float) -> str | None:
+    """GET /health, then /version; None when the server answers, else the reason it did not."""
+    reason = "no answer"
+    for path in ("/health", "/version"):
+        try:
+            req = urllib.request.Request(uri.rstrip("/") + path, headers=_auth_headers())
+            with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - http(s) only
+                if resp.status == 200:
+                    return None
+                reason = f"HTTP {resp.status} from {path}"
+        except urllib.error.HTTPError as exc:
+            reason = f"HTTP {exc.code} from {path}"
+        except (urllib.error.URLError, OSError) as exc:
+            return shorten(str(getattr(exc, "reason", exc)), 200)
+        except ValueError as exc:  # a malformed host or port (bad IPv6 brackets, IDNA labels)
+            return f"not a valid URL ({shorten(str(exc), 120)})"
+    return reason
+
+
+def check_server_answers(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Refuse, in one line and within `timeout_s` per request, a tracking server that does not
+    answer; a no-op for a URI that is not http(s)."""
+    if not is_http(uri):
+        return
+    reason = probe_http(uri, timeout_s)
+    if reason is not None:
+        raise TrackingError(
+            f"cannot reach the MLflow tracking server at {shorten(uri)} within {timeout_s:g} s "
+            f"({reason}); {UNREACHABLE_HINT}")

@@ -12,14 +12,11 @@ check a URI before Ray starts without importing MLflow.
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import re
 import shutil
 import sqlite3
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -31,22 +28,18 @@ from msdn_tune.errors import TrackingError
 from msdn_tune.integrations.mlflow.guard import quick_http
 from msdn_tune.integrations.tracking_uri import (
     MLFLOW_SCHEMES,
+    UNREACHABLE_HINT,
     check_local_store,
+    check_server_answers,
     default_tracking_uri,
     is_http,
+    probe_http,
     resolve_tracking_uri,
     sqlite_path,
 )
 from msdn_tune.safeload import shorten
 
 logger = logging.getLogger(__name__)
-
-UNREACHABLE_HINT = (
-    "start one with `msdn-tune ui` (local SQLite store) or "
-    "`mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000`, "
-    "or pass another --tracking-uri"
-)
-
 
 # --- URIs (text only: msdn_tune.integrations.tracking_uri, which needs no MLflow) ------------
 
@@ -59,6 +52,7 @@ __all__ = [
     "default_tracking_uri",
     "ensure_experiment",
     "is_http",
+    "probe_http",
     "resolve_tracking_uri",
     "seed_sqlite_store",
     "slug",
@@ -66,39 +60,7 @@ __all__ = [
 ]
 
 
-# --- reachability --------------------------------------------------------------------------------
-
-
-def _auth_headers() -> dict[str, str]:
-    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    if token:
-        return {"Authorization": f"Bearer {token}"}
-    user, pw = (
-        os.environ.get("MLFLOW_TRACKING_USERNAME"),
-        os.environ.get("MLFLOW_TRACKING_PASSWORD"),
-    )
-    if user and pw:
-        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()}
-    return {}
-
-
-def probe_http(uri: str, timeout_s: float) -> str | None:
-    """GET /health, then /version; None when the server answers, else the reason it did not."""
-    reason = "no answer"
-    for path in ("/health", "/version"):
-        try:
-            req = urllib.request.Request(uri.rstrip("/") + path, headers=_auth_headers())
-            with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - http(s) only
-                if resp.status == 200:
-                    return None
-                reason = f"HTTP {resp.status} from {path}"
-        except urllib.error.HTTPError as exc:
-            reason = f"HTTP {exc.code} from {path}"
-        except (urllib.error.URLError, OSError) as exc:
-            return shorten(str(getattr(exc, "reason", exc)), 200)
-        except ValueError as exc:  # a malformed host or port (bad IPv6 brackets, IDNA labels)
-            return f"not a valid URL ({shorten(str(exc), 120)})"
-    return reason
+# --- reachability (the probe itself needs no MLflow: msdn_tune.integrations.tracking_uri) -------
 
 
 def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
@@ -110,12 +72,7 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
     one MLflow has a store for; the rest is left to MLflow.
     """
     if is_http(uri):
-        reason = probe_http(uri, timeout_s)
-        if reason is not None:
-            raise TrackingError(
-                f"cannot reach the MLflow tracking server at {shorten(uri)} ({reason}); "
-                f"{UNREACHABLE_HINT}"
-            )
+        check_server_answers(uri, timeout_s)
         try:
             with quick_http(timeout_s):
                 MlflowClient(tracking_uri=uri).search_experiments(max_results=1)

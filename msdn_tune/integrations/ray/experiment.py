@@ -16,8 +16,12 @@ holds its newer checkpoints, written by the trial itself.
 
 `repair_lost_checkpoints` finds such trials and puts the newest readable newer checkpoint under
 the missing name, so the trial continues from there (its epoch counter, which ASHA and MLflow
-follow, comes from the checkpoint's contents). It reads Tune's state file without unpickling
-anything; if that file's layout is not what it expects, it changes nothing.
+follow, comes from the checkpoint's contents). The older checkpoints the state still counts as
+kept were deleted too; Tune deletes each again when the continued trial's next checkpoints push
+it out, and a deletion that fails prints a traceback ("Error handling checkpoint ...
+FileNotFoundError") and skips that checkpoint's snapshot. So each of those gets an empty
+placeholder folder (with a note saying why) for Tune to delete. It reads Tune's state file
+without unpickling anything; if that file's layout is not what it expects, it changes nothing.
 """
 
 from __future__ import annotations
@@ -91,28 +95,49 @@ def trial_states(exp_dir: Path) -> list[tuple[dict, dict]]:
         return []
 
 
-def recorded_checkpoint(exp_dir: Path, config: dict, meta: dict) -> Path | None:
-    """The checkpoint folder Tune would restore `config`'s trial from (None: none recorded),
+def recorded_checkpoints(exp_dir: Path, config: dict, meta: dict) -> list[Path]:
+    """Every checkpoint folder Tune's state counts as kept for `config`'s trial, oldest first,
     found in the hex of its pickled checkpoint manager without unpickling it."""
     try:
         blob = bytes.fromhex(meta["checkpoint_manager"]["value"])
         trial_dir = exp_dir / config["relative_logdir"]
     except (ValueError, KeyError, TypeError):
-        return None
-    named = [int(m) for m in _CKPT.findall(blob)]
-    return trial_dir / f"checkpoint_{max(named):06d}" if named else None
+        return []
+    return [trial_dir / f"checkpoint_{i:06d}" for i in sorted({int(m) for m in
+                                                                _CKPT.findall(blob)})]
+
+
+def recorded_checkpoint(exp_dir: Path, config: dict, meta: dict) -> Path | None:
+    """The checkpoint folder Tune would restore `config`'s trial from (None: none recorded)."""
+    named = recorded_checkpoints(exp_dir, config, meta)
+    return named[-1] if named else None
+
+
+#: The note in a placeholder for a kept checkpoint that a killed driver left deleted.
+PLACEHOLDER_NOTE = "LOST_CHECKPOINT.txt"
 
 
 def repair_lost_checkpoints(exp_dir: Path) -> list[str]:
-    """Restore missing latest checkpoints from newer ones; one line per repaired trial."""
+    """Restore missing latest checkpoints from newer ones (one line per repaired trial), and
+    put placeholders where older kept ones are missing, for Tune to delete quietly."""
     done = []
     for config, meta in trial_states(exp_dir):
-        latest = recorded_checkpoint(exp_dir, config, meta)
-        if latest is None or latest.exists() or not latest.parent.is_dir():
+        named = recorded_checkpoints(exp_dir, config, meta)
+        if not named or not named[-1].parent.is_dir():
             continue
-        line = _fill_from_newer(str(config.get("trial_id", latest.parent.name)), latest)
-        if line:
+        latest = named[-1]
+        if not latest.exists():
+            line = _fill_from_newer(str(config.get("trial_id", latest.parent.name)), latest)
+            if line is None:
+                continue  # left for Tune to report: the trial cannot continue anyway
             done.append(line)
+        for older in named[:-1]:
+            if not older.exists():
+                older.mkdir()
+                (older / PLACEHOLDER_NOTE).write_text(
+                    f"{older.name} was deleted before a killed driver recorded that it was; "
+                    "msdn-tune put this placeholder back so that Ray Tune can delete it again "
+                    "without an error. It holds no model.\n")
     return done
 
 

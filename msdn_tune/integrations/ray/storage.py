@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +185,8 @@ PSEUDO_FS_TYPES = frozenset(
     "mqueue hugetlbfs fusectl binfmt_misc autofs efivarfs rpc_pipefs nsfs".split()
 )
 NAME_MAX = 255  # bytes in one path component (Linux)
+#: How long a storage URI gets to answer one look-up before a study refuses to start.
+STORAGE_PROBE_TIMEOUT_S = 10.0
 PATH_MAX = 4095
 
 
@@ -202,7 +205,9 @@ def checked_storage(spec: str, what: str = "storage_path") -> StudyStorage:
         raise ConfigError(f"{where}: holds a NUL character")
     local = _local_part(spec)
     if local is None:
-        return StudyStorage.from_spec(spec)
+        store = StudyStorage.from_spec(spec)
+        store.probe()
+        return store
     path = os.path.abspath(os.path.expanduser(local))
     raw = os.fsencode(path)
     if len(raw) > PATH_MAX:
@@ -281,6 +286,35 @@ class StudyStorage:
             / (parsed.netloc + parsed.path).strip("/")
         )
         return cls(spec=spec, uri=spec.rstrip("/"), local_root=mirror, fs=fs, base=base.rstrip("/"))
+
+    def probe(self, timeout_s: float = STORAGE_PROBE_TIMEOUT_S) -> None:
+        """Refuse, in one line within `timeout_s`, a storage URI that does not answer.
+
+        pyarrow retries a connection it cannot make (6 s for a refused one, much longer for one
+        that never answers), and Ray would only fail after it has started. The look-up runs in
+        a daemon thread so that a store that never answers cannot hold the study past the
+        timeout. A path needs no probe (`checked_storage` tries it).
+        """
+        if self.fs is None:
+            return
+        failed: list[BaseException] = []
+
+        def look() -> None:
+            try:
+                self.fs.get_file_info(self.base or "/")
+            except Exception as exc:  # noqa: BLE001 - reported below, whatever pyarrow raised
+                failed.append(exc)
+
+        worker = threading.Thread(target=look, name="storage-probe", daemon=True)
+        worker.start()
+        worker.join(timeout_s)
+        where = f"storage_path {shorten(self.spec)}"
+        if worker.is_alive():
+            raise ClusterError(f"{where}: no answer within {timeout_s:g} s; check the URI, the "
+                               "network and the credentials this machine uses for it")
+        if failed:
+            detail = " ".join(str(failed[0]).split())
+            raise ClusterError(f"{where}: cannot be read ({shorten(detail, 240)})")
 
     def ray_storage(self) -> str:
         """What `RunConfig(storage_path=...)` gets."""

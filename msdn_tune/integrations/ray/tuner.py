@@ -146,12 +146,14 @@ def build_tuner(space: StudySpec, static: Any, *, exp_dir: Path, resume: bool,
     )
 
 
-def fit(tuner: Any, *, resumed: bool) -> int:
+def fit(tuner: Any) -> int:
     """Run the Tuner's trials; returns how many ended (terminated or errored).
 
     Ray returns normally after Ctrl-C too, so the caller judges completeness from this count.
+    Tune's automatic loggers stay off for a resumed study too: `Tuner.restore` brings back the
+    callbacks the study was started with, its CSV and JSON loggers included (`build_tuner`).
     """
-    with tune_loggers(default=resumed):
+    with tune_loggers(default=False):
         grid = tuner.fit()
     return int(grid.num_terminated + grid.num_errors)
 
@@ -162,9 +164,9 @@ def tune_loggers(*, default: bool) -> Iterator[None]:
 
     The TensorBoard logger imports torch into the driver through tensorboardX, two seconds
     before the first trial can start, and writes an events file per trial that nothing reads:
-    trials are tracked in MLflow. A new study names its CSV and JSON loggers itself
-    (`build_tuner`); a resumed one keeps the callbacks it was started with, which for a study
-    started by an older msdn-tune are none, so it keeps Tune's defaults.
+    trials are tracked in MLflow. A study names its CSV and JSON loggers itself (`build_tuner`),
+    and a resumed one keeps them. (A study started by msdn-tune before it named them resumes
+    without CSV and JSON logs for its remaining trials; nothing in msdn-tune reads them.)
     """
     before = os.environ.get(_AUTO_LOGGERS)
     if not default:

@@ -343,6 +343,7 @@ def test_unreachable_server_fails_fast_before_any_trial(tmp_path, ray_address):
     elapsed = time.perf_counter() - t0
     assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
     assert closed in res.stderr and "Traceback" not in res.stderr + res.stdout
+    assert "within 5 s" in res.stderr  # the stated timeout
     assert not (tmp_path / "results" / "nowhere").exists()  # no study, no trial started
     assert elapsed < 30  # interpreter start and imports included
 

@@ -10,16 +10,17 @@ import json
 import pickle
 
 from msdn_tune.data.resolve import open_benchmark
-from msdn_tune.integrations.ray.experiment import repair_lost_checkpoints
+from msdn_tune.integrations.ray.experiment import PLACEHOLDER_NOTE, repair_lost_checkpoints
 from msdn_tune.integrations.ray.trainable import STATE_FILE, TRIAL_FILE
 from msdn_tune.train.config import TrainConfig
 from msdn_tune.train.trainer import Trainer, load_checkpoint
 
 
-def _state(exp, trial_dir, recorded: str) -> None:
-    """A Tune experiment state naming `recorded` as the trial's latest checkpoint (in the hex of
-    its pickled checkpoint manager, as Tune writes it)."""
-    manager = pickle.dumps({"latest_checkpoint": str(trial_dir / recorded)})
+def _state(exp, trial_dir, *recorded: str) -> None:
+    """A Tune experiment state naming `recorded` as the trial's kept checkpoints, the last one
+    latest (in the hex of its pickled checkpoint manager, as Tune writes it)."""
+    manager = pickle.dumps({"kept": [str(trial_dir / r) for r in recorded],
+                            "latest_checkpoint": str(trial_dir / recorded[-1])})
     config = {"trial_id": "abc", "status": "RUNNING", "relative_logdir": trial_dir.name}
     state = {"trial_data": [[json.dumps(config),
                              json.dumps({"checkpoint_manager": {"value": manager.hex()}})]]}
@@ -29,7 +30,9 @@ def _state(exp, trial_dir, recorded: str) -> None:
 def test_a_lost_checkpoint_is_refilled_from_the_newest_readable_newer_one(tmp_path):
     """The state names checkpoint_000001 (epoch 2), which Tune deleted for num_to_keep; the trial
     wrote checkpoint_000002 (epoch 3) and was killed writing checkpoint_000003. The trial then
-    restores from epoch 3's state under the recorded name."""
+    restores from epoch 3's state under the recorded name. The state also counts
+    checkpoint_000000 as kept: it gets an empty placeholder, so that Tune's deleting it again
+    when the trial's next checkpoint arrives is not an error with a traceback."""
     cfg = TrainConfig.from_dict(dict(dataset="synthetic", epochs=6, lr=1e-3, device="cpu",
                                      threads=1, seed=3))
     bench = open_benchmark("tiny")
@@ -47,7 +50,7 @@ def test_a_lost_checkpoint_is_refilled_from_the_newest_readable_newer_one(tmp_pa
     half = trial / "checkpoint_000003"
     half.mkdir()
     (half / STATE_FILE).write_bytes(b"half-written")
-    _state(tmp_path, trial, "checkpoint_000001")
+    _state(tmp_path, trial, "checkpoint_000000", "checkpoint_000001")
 
     lines = repair_lost_checkpoints(tmp_path)
 
@@ -59,8 +62,28 @@ def test_a_lost_checkpoint_is_refilled_from_the_newest_readable_newer_one(tmp_pa
     assert restored.epoch == 3
     assert json.loads((trial / "checkpoint_000001" / TRIAL_FILE).read_text())["epoch"] == 3
     assert sorted(p.name for p in trial.iterdir()) == [
-        "checkpoint_000001", "checkpoint_000002", "checkpoint_000003"]
+        "checkpoint_000000", "checkpoint_000001", "checkpoint_000002", "checkpoint_000003"]
+    assert [p.name for p in (trial / "checkpoint_000000").iterdir()] == [PLACEHOLDER_NOTE]
     assert repair_lost_checkpoints(tmp_path) == []  # repaired once: nothing left to do
+    assert [p.name for p in (trial / "checkpoint_000000").iterdir()] == [PLACEHOLDER_NOTE]
+
+
+def test_older_kept_checkpoints_a_kill_left_deleted_get_placeholders_for_tune_to_delete(
+        tmp_path):
+    """The latest recorded checkpoint survived but the two before it did not: nothing to
+    continue from differently (no line), only placeholders; checkpoints that exist are untouched."""
+    trial = tmp_path / "msdn_trial_abc_00000"
+    (trial / "checkpoint_000004").mkdir(parents=True)
+    (trial / "checkpoint_000004" / STATE_FILE).write_bytes(b"kept as is")
+    _state(tmp_path, trial, "checkpoint_000002", "checkpoint_000003", "checkpoint_000004")
+
+    assert repair_lost_checkpoints(tmp_path) == []
+
+    for name in ("checkpoint_000002", "checkpoint_000003"):
+        [note] = (trial / name).iterdir()
+        assert note.name == PLACEHOLDER_NOTE
+        assert note.read_text().startswith(f"{name} was deleted before a killed driver")
+    assert (trial / "checkpoint_000004" / STATE_FILE).read_bytes() == b"kept as is"
 
 
 def test_nothing_to_repair_without_a_state_file_or_with_one_it_cannot_read(tmp_path):

@@ -179,3 +179,25 @@ def test_a_storage_path_ray_could_not_write_is_refused_in_one_line(tmp_path):
         store = checked_storage(spec)
         assert store.uri is None and store.local_root.is_absolute()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_storage_uri_that_does_not_answer_is_refused_before_ray_starts():
+    """An S3 endpoint where nothing listens (pyarrow retries for seconds), and one that accepts
+    but never answers (pyarrow would wait much longer): one line each, within the stated
+    timeout."""
+    import socket
+
+    from msdn_tune.integrations.ray.storage import checked_storage
+    from tests.helpers.raynodes import free_port
+
+    refused = (f"s3://bucket/studies?endpoint_override=127.0.0.1:{free_port()}&scheme=http"
+               "&region=us-east-1")
+    with pytest.raises(ClusterError, match=r"storage_path .*: cannot be read \(.*connect"):
+        checked_storage(refused)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        silent = (f"s3://bucket/studies?endpoint_override=127.0.0.1:{server.getsockname()[1]}"
+                  "&scheme=http&region=us-east-1")
+        with pytest.raises(ClusterError, match="no answer within 1 s"):
+            StudyStorage.from_spec(silent).probe(timeout_s=1.0)
