@@ -10,6 +10,7 @@ the reported metric names, which are also the MLflow names.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -70,7 +71,8 @@ NAME_MAX = 255
 META_TYPES: dict[str, type] = {
     "name": str, "space_file": str, "space": dict, "data_path": str, "tracking_uri": str,
     "experiment_id": str, "parent_run_id": str, "created": str, "command": str,
-    "complete": bool, "wall_s": float,
+    "complete": bool, "wall_s": float, "storage_path": str, "options": dict,
+    "tracking_complete": bool, "champion": dict,
 }
 _JSON_NAMES = {str: "a string", dict: "an object", bool: "true or false", float: "a number"}
 
@@ -146,6 +148,15 @@ def read_study_meta(path: Path) -> dict[str, Any]:
             raise MsdnTuneError(f"{f}: corrupt study metadata: {key!r} is {shorten(value)}, "
                                 f"expected {_JSON_NAMES[kind]}")
     return meta
+
+
+def write_study_meta(exp_dir: Path, meta: dict[str, Any]) -> None:
+    """Replace the study's metadata file whole (written beside, then renamed into place), so a
+    kill never leaves half of it."""
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = exp_dir / (STUDY_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, default=str))
+    tmp.replace(exp_dir / STUDY_FILE)
 
 
 def study_space(study: str | Path, storage_path: str | Path | None = None

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from msdn_tune.console import human_bytes
@@ -21,8 +22,8 @@ from msdn_tune.trials import TRIALS_FILE, TrialRow
 
 if TYPE_CHECKING:
     from msdn_tune.commands.checkpoints import ImportResult as CheckpointImport
-    from msdn_tune.commands.study import StudyOutcome
     from msdn_tune.commands.train import TrainRun
+    from msdn_tune.commands.wrapup import StudyOutcome
     from msdn_tune.data.ingest import ImportResult
 
 _SHOWN = ("best/H", "best/U", "best/S", "best/zsl_acc", "eval/H_tuned", "test/H")
@@ -78,21 +79,24 @@ def print_best(best: list[TrialRow], console: Console, multi: bool) -> None:
 def print_next_steps(console: Console, *, path: Path, space_file: str | None, name: str,
                      complete: bool, best: TrialRow | None, data: str,
                      fixed: dict[str, Any], tracking_uri: str | None,
-                     storage: str | None = None) -> None:
+                     storage: str | None = None, resume: str | None = None) -> None:
     """Where the results are and the exact commands to resume or retrain.
 
-    `storage` is the study's storage path as configured: for a cloud URI, `path` is only the
-    local mirror, which holds no checkpoints, so the resume command must name the URI.
+    `resume` is the study's own resume command (msdn_tune.commands.study.resume_command: every
+    option it was run with); without it one is built from the name and `storage`, the study's
+    storage path as configured: for a cloud URI, `path` is only the local mirror, which holds no
+    checkpoints, so the resume command must name the URI.
     """
     console.print(f"results:  {path}  (table: {path / TRIALS_FILE})", soft_wrap=True)
     if tracking_uri:
         console.print(f"tracking: {tracking_uri}  (browse: msdn-tune ui --tracking-uri "
                       f"{shlex.quote(tracking_uri)})", soft_wrap=True)
     space_arg = f"--space {shlex.quote(space_file)} " if space_file else ""
-    resume = f"msdn-tune run {space_arg}--name {shlex.quote(name)} " \
-             f"--storage-path {shlex.quote(storage or str(path.parent))} --resume"
+    resume = resume or (f"msdn-tune run {space_arg}--name {shlex.quote(name)} "
+                        f"--storage-path {shlex.quote(storage or str(path.parent))} --resume")
     if not complete:
-        console.print(f"[bold yellow]study incomplete[/bold yellow]; resume with:\n  {resume}",
+        console.print(f"[bold yellow]study incomplete[/bold yellow]; resume with:\n  "
+                      f"{escape(resume)}",
                       soft_wrap=True)
     else:  # a resumed study keeps its num_samples (Tuner.restore): more trials = a new study
         console.print(f"resume:   {resume}  (all trials are done: nothing left to run)",

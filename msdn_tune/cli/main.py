@@ -252,14 +252,15 @@ def run_cmd(space_file: str, num_samples: int | None, max_concurrent: int | None
     out = run_study(space, space_file=Path(space_file).resolve(), address=address,
                     resume=resume, warm_start=warm_start, tracking_uri=tracking_uri,
                     tracking=not no_tracking, force_promote=force_promote, console=console,
-                    resume_if_exists=resume_if_exists, storage_shared=storage_shared)
+                    resume_if_exists=resume_if_exists, storage_shared=storage_shared,
+                    given={"num_samples": num_samples, "max_concurrent_trials": max_concurrent})
     console.print(trials_rich_table(out.rows, f"study {space.name} (accuracies in %)"))
     print_best(out.best, console, space.multi_objective)
     print_study_artifacts(console, out)
     print_next_steps(console, path=out.path, space_file=space_file, name=space.name,
                      complete=out.complete, best=out.best[0] if out.best else None,
                      data=space.data, fixed=space.fixed, tracking_uri=out.tracking_uri,
-                     storage=space.storage_path)
+                     storage=space.storage_path, resume=out.resume_command)
     if not out.complete:
         sys.exit(130)
 
@@ -316,7 +317,8 @@ def report_cmd(study: str, out_dir: str | None, storage_path: str, no_log: bool,
     --out must be new, empty, or a folder an earlier report wrote (marked .msdn-tune.json; its
     plots are replaced); anything else needs --force.
     """
-    from msdn_tune.commands.report import log_plots, study_report
+    from msdn_tune.cli.display import make_console
+    from msdn_tune.commands.report import catch_up_tracking, log_plots, study_report
 
     rep = study_report(study, out_dir=out_dir, storage_path=storage_path, log=False,
                        force=force)
@@ -327,6 +329,7 @@ def report_cmd(study: str, out_dir: str | None, storage_path: str, no_log: bool,
     if not (rep.tracking_uri and rep.parent_run_id):
         click.echo("not logged: the study was run without MLflow tracking")
         return
+    catch_up_tracking(rep, make_console())
     logged = log_plots(rep)
     click.echo(f"logged {len(logged)} files to MLflow run {rep.parent_run_id} under plots/ "
                f"({rep.tracking_uri})")

@@ -4,7 +4,10 @@ The same plots a study logs when it ends (optimisation history, parameter import
 coordinates, Pareto front for several objectives), rebuilt from the study folder alone: after
 more trials were added by a resume, for a study whose tracking server was away at the end, or
 just to get the files locally. They are written to a folder and logged to the study's parent
-MLflow run (artifact folder ``plots/``), whose store and id the study folder remembers.
+MLflow run (artifact folder ``plots/``), whose store and id the study folder remembers. For a
+study whose tracking store was away when it ended, `report` also does what that end could not
+(:func:`catch_up_tracking`): the trials' runs made whole from their own results, the champion
+model, the parent run closed.
 
 The default folder, ``<study>/plots``, is the study's own: its plots are replaced as `run`
 replaces them. A folder named with ``--out`` follows :mod:`msdn_tune.outdir`: new, empty or an
@@ -21,12 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from msdn_tune import outdir
 from msdn_tune.errors import ConfigError, MsdnTuneError, TrackingError
-from msdn_tune.integrations.mlflow import check_tracking, log_files
+from msdn_tune.integrations.mlflow import StudyTracker, check_tracking, log_files
 from msdn_tune.integrations.optuna import optuna_study, study_plots
 from msdn_tune.integrations.ray.experiment import load_trials
-from msdn_tune.trials import read_study_meta, study_space
+from msdn_tune.trials import best_trials, read_study_meta, study_space, write_study_meta
 
 PLOTS_ARTIFACT_DIR = "plots"
 
@@ -136,6 +141,41 @@ def _plots_into(target: outdir.OutDir, study: Any, names: list[str]) -> list[Pat
         return plots
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def catch_up_tracking(report: Report, console: Console) -> bool:
+    """Finish the study's tracking if the store was away when the study ended; True if it did.
+
+    What the study's own end could not log (its `msdn_study.json` says `tracking_complete:
+    false`) is logged now, exactly as the study's end would have: trial runs reconciled with the
+    trials' own results (created, filled, closed with their true outcome), plots, the champion
+    model of a complete study, and the parent run closed. Raises TrackingError when the store
+    still does not answer.
+    """
+    # the wrap-up imports torch and Ray's adapters: only when there is something to do
+    from msdn_tune.commands.wrapup import StudyOutcome, finish_tracking
+
+    meta = read_study_meta(report.study)
+    if meta.get("tracking_complete") is not False or not report.tracking_uri \
+            or not report.parent_run_id:
+        return False
+    check_tracking(report.tracking_uri)
+    space = study_space(report.study)[1]
+    tracker = StudyTracker(report.tracking_uri,
+                           (space.tracking or {}).get("experiment") or space.name)
+    tracker.parent_run_id = report.parent_run_id
+    tracker.finish_grace_s = 0.0  # no trial runs now: a run still RUNNING is left over
+    rows = load_trials(report.study)
+    outcome = StudyOutcome(
+        path=report.study, complete=bool(meta.get("complete")), rows=rows,
+        best=best_trials(rows, [(o.metric, o.mode) for o in space.objectives]),
+        parent_run_id=report.parent_run_id, tracking_uri=report.tracking_uri)
+    kept = finish_tracking(tracker, space, outcome, False, console)
+    write_study_meta(report.study, {**read_study_meta(report.study), **kept})
+    if outcome.champion:
+        console.print(f"model: {outcome.champion.get('name')} v{outcome.champion.get('version')}",
+                      markup=False)
+    return bool(kept.get("tracking_complete"))
 
 
 def log_plots(report: Report) -> list[str]:

@@ -21,19 +21,22 @@ import shlex
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from msdn_tune import _startup
+from msdn_tune.commands.wrapup import StudyOutcome, finish_tracking, reconcile_study
 from msdn_tune.data.resolve import open_benchmark, parse_preset, resolve_benchmark
 from msdn_tune.errors import MsdnTuneError
 from msdn_tune.integrations.ray.address import probe_ray_address
-from msdn_tune.integrations.ray.experiment import load_trials, repair_lost_checkpoints
+from msdn_tune.integrations.ray.experiment import (
+    load_trials,
+    repair_lost_checkpoints,
+)
 from msdn_tune.integrations.ray.storage import check_cluster_storage, checked_storage
-from msdn_tune.integrations.ray.trainable import STATE_FILE, TrialStatic
+from msdn_tune.integrations.ray.trainable import TrialStatic
 from msdn_tune.integrations.ray.tuner import (
     build_tuner,
     can_restore,
@@ -51,7 +54,6 @@ from msdn_tune.safeload import shorten
 from msdn_tune.space import StudySpec
 from msdn_tune.train.config import TrainConfig
 from msdn_tune.trials import (
-    STUDY_FILE,
     TRIALS_FILE,
     TrialRow,
     best_trials,
@@ -59,23 +61,10 @@ from msdn_tune.trials import (
     read_study_meta,
     study_dir,
     write_parquet,
+    write_study_meta,
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StudyOutcome:
-    """What a study run produced, for printing and for tests."""
-
-    path: Path
-    complete: bool
-    rows: list[TrialRow]
-    best: list[TrialRow]
-    parent_run_id: str | None = None
-    tracking_uri: str | None = None
-    champion: dict[str, Any] | None = None
-    plots: list[Path] = field(default_factory=list)
 
 
 #: What a resumed study keeps from its first run. Ray's `Tuner.restore` reuses the pickled
@@ -125,34 +114,64 @@ def _differences(old: Any, new: Any, where: str) -> list[str]:
 _UNSET = object()
 
 
-def _save_meta(exp_dir: Path, meta: dict[str, Any]) -> None:
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = exp_dir / (STUDY_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=str))
-    tmp.replace(exp_dir / STUDY_FILE)
+#: The `run` options a study remembers (msdn_study.json, "options"), so that `--resume` alone
+#: resumes it as it was started: the study's own num_samples and concurrency (Ray's restore
+#: keeps them anyway), its tracking store (where its parent run is), its cluster and storage.
+REMEMBERED = ("num_samples", "max_concurrent_trials", "address", "storage_shared")
+
+
+def _remembered(meta: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The options of the study's earlier runs that this run's command line does not give."""
+    before = meta.get("options")
+    if not isinstance(before, dict):
+        return {}
+    return {k: before[k] for k in REMEMBERED if before.get(k) not in (None, False)
+            and given.get(k) in (None, False)}
+
+
+def resume_command(meta: dict[str, Any]) -> str:
+    """The exact command that resumes a study, from its record: every option that shapes the
+    study or says where it is stored and tracked, spelled out although the study remembers
+    them, so that it reads the same from any folder and on any machine of the cluster."""
+    space = meta.get("space") or {}
+    options = meta.get("options") or {}
+    parts = ["msdn-tune", "run"]
+    if meta.get("space_file"):
+        parts += ["--space", str(meta["space_file"])]
+    parts += ["--name", str(meta.get("name", space.get("name"))),
+              "--storage-path", str(meta.get("storage_path") or space.get("storage_path"))]
+    for key, flag in (("num_samples", "--num-samples"),
+                      ("max_concurrent_trials", "--max-concurrent")):
+        if space.get(key) is not None:
+            parts += [flag, str(space[key])]
+    parts += (["--tracking-uri", str(meta["tracking_uri"])] if meta.get("tracking_uri")
+              else ["--no-tracking"])
+    if options.get("address") not in (None, "", "local"):
+        parts += ["--address", str(options["address"])]
+    if options.get("storage_shared"):
+        parts.append("--storage-shared")
+    return " ".join(shlex.quote(p) for p in parts) + " --resume"
 
 
 def run_study(space: StudySpec, *, space_file: Path | None = None, address: str | None = None,
               resume: bool = False, warm_start: str | None = None,
               tracking_uri: str | None = None, tracking: bool = True,
               force_promote: bool = False, console: Console | None = None,
-              resume_if_exists: bool = False, storage_shared: bool = False) -> StudyOutcome:
+              resume_if_exists: bool = False, storage_shared: bool = False,
+              given: dict[str, Any] | None = None) -> StudyOutcome:
     """Run (or resume) a study to num_samples trials; see the module docstring.
 
     `resume_if_exists` resumes when the study folder holds a restorable study and starts fresh
     otherwise: the idempotent entrypoint a retried cluster job needs (KubeRay backoffLimit).
     `storage_shared` declares a local storage path shared by all nodes (NFS msdn-tune cannot
     recognise); on a multi-node cluster node-local storage is refused before any trial starts.
+    `given` holds the command line's num_samples and max_concurrent_trials (None: not given;
+    `space` has them applied already). A resume takes what its command line leaves out from the
+    study's record (`REMEMBERED`, and the tracking store), so `--resume` alone suffices.
     """
-    # Every path, URI and address is checked before Ray starts, each connection within a stated
-    # timeout: a refused study starts nothing, in seconds.
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    given.update(address=address, storage_shared=storage_shared or None)
     store = checked_storage(space.storage_path)  # a path, or a URI mirrored locally (probed)
-    if tracking:
-        uri0 = resolve_tracking_uri(tracking_uri, (space.tracking or {}).get("uri"))
-        check_local_store(uri0)
-        check_server_answers(uri0)
-    if not ray_running():
-        probe_ray_address(address)
     _startup.study_environment()
     console = console or Console()
     store.pull(space.name)
@@ -162,12 +181,32 @@ def run_study(space: StudySpec, *, space_file: Path | None = None, address: str 
         raise MsdnTuneError(f"study {space.name!r}: {exp_dir} is a file, not a study folder; "
                             "choose another --name or --storage-path")
     meta = read_study_meta(exp_dir) if exp_dir.exists() else {}
-    if warm_start:
-        _check_warm_start(warm_start, storage, tracking)
     if resume_if_exists:
         resume = can_restore(store.ray_path(space.name))
         console.print(f"study {space.name}: " + ("resuming the existing study" if resume else
                                                  "no restorable study yet, starting it"))
+    if resume:
+        kept = _remembered(meta, given)
+        overrides = {k: kept[k] for k in ("num_samples", "max_concurrent_trials") if k in kept}
+        space = space.with_overrides(**overrides)
+        address = kept.get("address", address)
+        storage_shared = storage_shared or bool(kept.get("storage_shared"))
+        if tracking and tracking_uri is None and "tracking_uri" in meta:
+            tracking_uri, tracking = meta["tracking_uri"], meta["tracking_uri"] is not None
+            kept["tracking"] = tracking_uri or "off"
+        if kept:
+            console.print("resuming with the study's own " + ", ".join(
+                f"{k}={v}" for k, v in kept.items()), soft_wrap=True, markup=False)
+    # Every URI and address is checked before Ray starts, each connection within a stated
+    # timeout: a refused study starts nothing, in seconds.
+    if tracking:
+        uri0 = resolve_tracking_uri(tracking_uri, (space.tracking or {}).get("uri"))
+        check_local_store(uri0)
+        check_server_answers(uri0)
+    if not ray_running():
+        probe_ray_address(address)
+    if warm_start:
+        _check_warm_start(warm_start, storage, tracking)
     if resume:
         _check_resumable(space, meta)
         if not can_restore(store.ray_path(space.name)):
@@ -201,9 +240,13 @@ def run_study(space: StudySpec, *, space_file: Path | None = None, address: str 
                              "num_samples": space.num_samples,
                              "max_concurrent_trials": space.max_concurrent_trials})
         if resume:
+            # trials that ended while the store was away get their runs first; what is still
+            # RUNNING after that belongs to trials this resume continues
+            reconcile_study(tracker, space, exp_dir, load_trials(exp_dir), console)
             closed = tracker.close_stale_children()
             if closed:
-                console.print(f"closed {closed} trial run(s) left RUNNING as KILLED")
+                console.print(f"closed {closed} trial run(s) left RUNNING as KILLED (their "
+                              "trials continue now, in the same runs)")
         return uri, tracker, parent, tracker.experiment_id
 
     # Ray takes seconds to start, mostly waiting for its own processes. Meanwhile one thread
@@ -233,12 +276,17 @@ def run_study(space: StudySpec, *, space_file: Path | None = None, address: str 
         if tracking:
             uri, tracker, parent, exp_id = prepared or setup_tracking()  # prepared when early
         warm_rows = _warm_start_rows(warm_start, storage, uri) if warm_start else None
-        _save_meta(exp_dir, {
+        write_study_meta(exp_dir, {
             **meta, "name": space.name, "space_file": str(space_file) if space_file else None,
             "space": space.to_dict(), "data_path": data_path, "tracking_uri": uri,
             "experiment_id": exp_id, "parent_run_id": parent,
             "created": meta.get("created", time.strftime("%Y-%m-%dT%H:%M:%S")),
-            "command": " ".join(shlex.quote(a) for a in sys.argv)})
+            "command": " ".join(shlex.quote(a) for a in sys.argv),
+            "storage_path": space.storage_path,
+            "options": {**(meta.get("options") or {}),
+                        **{k: v for k, v in given.items() if k in REMEMBERED and v is not None},
+                        **({"address": address} if address else {}),
+                        **({"storage_shared": True} if storage_shared else {})}})
         store.push(space.name)
 
         # A preset travels by name: each node generates (once, deterministically) its own copy.
@@ -318,70 +366,17 @@ def _conclude(space: StudySpec, store: Any, exp_dir: Path, finished: int,
     store.fetch([b.checkpoint for b in best[:1] if b.checkpoint])
     outcome = StudyOutcome(path=exp_dir, complete=complete, rows=rows, best=best,
                            parent_run_id=parent, tracking_uri=uri)
+    tracked: dict[str, Any] = {}
     if tracker is not None:
         _startup.warm_wrapup_imports()  # done already, or being done by the WindDown thread
-        _finish_tracking(tracker, space, outcome, force_promote, console)
+        tracked = finish_tracking(tracker, space, outcome, force_promote, console)
     meta = read_study_meta(exp_dir)
-    meta.update({"complete": complete, "wall_s": meta.get("wall_s", 0.0) + time.time() - t0})
-    _save_meta(exp_dir, meta)
+    meta.update({"complete": complete, "wall_s": meta.get("wall_s", 0.0) + time.time() - t0,
+                 **tracked})
+    write_study_meta(exp_dir, meta)
     store.push(space.name)
+    outcome.resume_command = resume_command(meta)
     return outcome
-
-
-def _finish_tracking(tracker: Any, space: StudySpec, outcome: StudyOutcome,
-                     force_promote: bool, console: Console) -> None:
-    """Parent-run summary, plots (artifact folder `plots/`), and the champion model (complete
-    studies only).
-
-    The study's results are on disk by now, so a tracking failure here is one warning line, not
-    a failed study: a server that went away mid-study is probed once instead of retried per call.
-    """
-    # Optuna takes seconds to import: kept off the start-up path of `msdn-tune run`
-    from msdn_tune.integrations.optuna import optuna_study, study_plots
-
-    exp_dir = outcome.path
-    artifacts = [exp_dir / TRIALS_FILE]
-
-    def render_plots() -> None:
-        try:
-            outcome.plots = study_plots(optuna_study(space, outcome.rows), exp_dir / "plots",
-                                        objective_names=[o.metric for o in space.objectives])
-        except Exception as exc:  # noqa: BLE001 - plots are a convenience, never fatal
-            console.print(f"[yellow]warning: plots failed: {exc}[/yellow]")
-
-    # Plots render beside the champion model's logging (both take a second or two).
-    plotter = threading.Thread(target=render_plots, name="study-plots")
-    if outcome.complete:
-        plotter.start()
-    unreachable = tracker.unreachable()
-    problem = None
-    if outcome.complete:
-        if unreachable is None and outcome.best and len(space.objectives) == 1:
-            try:
-                data_path = read_study_meta(exp_dir).get("data_path") or space.data
-                outcome.champion = promote_best(tracker.uri, space, outcome.best[0], data_path,
-                                                force_promote=force_promote)
-            except Exception as exc:  # noqa: BLE001 - the study itself succeeded
-                problem = f"the best model was not logged ({type(exc).__name__}: {exc})"
-        plotter.join()
-        if outcome.plots:
-            artifacts.append(exp_dir / "plots")
-    if unreachable is None:
-        best = outcome.best[0] if outcome.best else None
-        tracker.finish(best_metrics=best.metrics if best else None,
-                       best_trial_id=best.trial_id if best else None, artifacts=artifacts,
-                       status="FINISHED" if outcome.complete else "KILLED",
-                       trial_ids=[r.trial_id for r in outcome.rows] if outcome.complete else None,
-                       outcomes={r.trial_id: r.status for r in outcome.rows})
-        if tracker.degraded:  # the tracker has printed its own single warning
-            problem = None
-    else:
-        problem = (f"tracking store {tracker.uri} unreachable at the end of the study "
-                   f"({unreachable}): parent run, plots and best model not logged")
-    if problem:
-        console.print(f"warning: {problem}; the study's results are complete in {exp_dir} "
-                      f"(log its plots later with: msdn-tune report {exp_dir})",
-                      style="yellow", markup=False, soft_wrap=True)
 
 
 def _resolve_gpu_auto(space: StudySpec, data_path: str, console: Console) -> StudySpec:
@@ -417,29 +412,3 @@ def _study_init(space: StudySpec, uri: str | None) -> dict[str, Any] | None:
     from msdn_tune.commands.weights import init_weights  # torch: off the start-up path
 
     return init_weights(str(source), tracking_uri=uri)
-
-
-def promote_best(uri: str, space: StudySpec, best: TrialRow, data_path: str, *,
-                 force_promote: bool = False) -> dict[str, Any] | None:
-    """Log the best completed trial's model and make it champion if it beats the current one."""
-    # MLflow and torch take seconds to import: kept off the start-up path of `msdn-tune run`
-    from msdn_tune.integrations.mlflow import log_champion
-    from msdn_tune.train.trainer import build_model, load_checkpoint
-
-    if not best.checkpoint or not best.mlflow_run_id:
-        return None
-    state = load_checkpoint(Path(best.checkpoint) / STATE_FILE)
-    cfg = TrainConfig.from_dict(state["config"])
-    bench = open_benchmark(data_path)
-    model = build_model(cfg, bench)
-    model.load_state_dict(state["best_state"] if state.get("best_state") else state["model"])
-    model.eval()
-    # the settings travel with the logged model (read back by `msdn-tune evaluate`)
-    model.__dict__["msdn_tune_config"] = cfg.to_dict()
-    model.__dict__["msdn_tune_seen"] = [int(c) for c in bench.seen_classes]  # for `export`
-    metric, mode = space.objectives[0].metric, space.objectives[0].mode
-    return log_champion(
-        uri, model=model, dataset=cfg.dataset, study=space.name, trial_id=best.trial_id,
-        run_id=best.mlflow_run_id, metric=metric, value=best.metrics[metric], mode=mode,
-        checkpoint=best.checkpoint, extra_tags={"benchmark": bench.dataset},
-        force_promote=force_promote)

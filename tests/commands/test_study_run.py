@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -164,12 +165,16 @@ def test_interrupt_then_kill_then_resume(tmp_path, ray_address):
     trials, no duplicates, one MLflow run per trial, none left RUNNING. A trial whose recorded
     checkpoint the kill left deleted continues from its newer one instead of failing (made so on
     every run: the repair is always exercised)."""
-    space = _space(tmp_path, "killed", num_samples=6, scheduler={"type": "none"},
+    space = _space(tmp_path, "killed", num_samples=9, max_concurrent_trials=1,
+                   scheduler={"type": "none"},
                    fixed={"dataset": "synthetic", "epochs": 6, "device": "cpu"})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["run", "--space", str(space), "--address", ray_address, "--tracking-uri", uri]
+    args = ["run", "--space", str(space), "--address", ray_address, "--tracking-uri", uri,
+            "--num-samples", "6", "--max-concurrent", "2"]  # the file says 9 and 1
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     exp = tmp_path / "results" / "killed"
+    elsewhere = tmp_path / "elsewhere"  # resumes run from another folder: no ./mlflow.db
+    elsewhere.mkdir()
 
     proc = subprocess.Popen(CLI + args, cwd=tmp_path, stdout=subprocess.PIPE, text=True,
                             stderr=subprocess.STDOUT, start_new_session=True, env=env)
@@ -177,18 +182,28 @@ def test_interrupt_then_kill_then_resume(tmp_path, ray_address):
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 130, out[-3000:]
-    assert "study incomplete" in out and "--resume" in out
+    assert "study incomplete" in out
+    # the printed resume command carries every option the study was run with, and is run as is
+    printed = out.split("resume with:\n", 1)[1].splitlines()[0].strip()
+    for option in ("--num-samples 6", "--max-concurrent 2", f"--tracking-uri {uri}",
+                   f"--address {ray_address}", f"--space {space}", "--resume"):
+        assert option in printed, printed
+    assert shlex.split(printed)[:2] == ["msdn-tune", "run"]
 
-    proc = subprocess.Popen(CLI + args + ["--resume"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            text=True, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    proc = subprocess.Popen(CLI + shlex.split(printed)[1:], cwd=elsewhere,
+                            stdout=subprocess.PIPE, text=True, stderr=subprocess.STDOUT,
+                            start_new_session=True, env=env)
     _wait_for_checkpoints(proc, exp, len(list(exp.glob("*/checkpoint_0*"))) + 2)
     _wait_for_a_recorded_checkpoint(proc, exp)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     lost = _lose_recorded_checkpoint(exp)
 
-    res = _run(args + ["--resume"], cwd=tmp_path, timeout=600)
+    # `--resume` alone: the study remembers its options and its tracking store
+    res = _run(["run", "--space", str(space), "--resume"], cwd=elsewhere, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "resuming with the study's own num_samples=6, max_concurrent_trials=2" in res.stdout
+    assert not (elsewhere / "mlflow.db").exists()
     assert f"trial {lost}: its last recorded checkpoint" in res.stdout, res.stdout[-3000:]
     # the repair ran before Tune looked: no Ray error about the lost checkpoints, no traceback
     printed = res.stdout + res.stderr

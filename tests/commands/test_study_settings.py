@@ -247,3 +247,38 @@ def test_a_study_folder_that_is_a_file_is_refused_before_ray_starts(tmp_path):
         run_study(space, tracking=False)
     assert not ray.is_initialized()
     assert (tmp_path / "results" / "s").read_text() == "mine"
+
+
+def test_a_resume_takes_the_options_its_command_line_leaves_out_from_the_study(tmp_path):
+    """The study ran with --num-samples 2 (the file says 4): `--resume` alone passes the settings
+    check (it stops only at the missing Ray state of this fake study), while a file whose
+    num_samples changed is still refused (test above) because the file, not the command line,
+    set it."""
+    space = parse_space(small_doc(tmp_path))
+    exp = tmp_path / "results" / "s"
+    exp.mkdir(parents=True)
+    (exp / STUDY_FILE).write_text(json.dumps({
+        "space": {**space.to_dict(), "num_samples": 2},
+        "options": {"num_samples": 2, "address": None}, "tracking_uri": None}))
+    with pytest.raises(MsdnTuneError, match="--resume: no study to resume at"):
+        run_study(space, resume=True)
+    with pytest.raises(MsdnTuneError, match=r"num_samples: 2 -> 3"):  # given: never overridden
+        run_study(space.with_overrides(num_samples=3), resume=True, given={"num_samples": 3})
+
+
+def test_the_resume_command_spells_out_every_option_of_the_study():
+    import shlex
+
+    from msdn_tune.commands.study import resume_command
+
+    meta = {"name": "cub run", "space_file": "/s/cub.yaml", "storage_path": "s3://b/studies",
+            "space": {"num_samples": 64, "max_concurrent_trials": 8},
+            "tracking_uri": "http://127.0.0.1:5000",
+            "options": {"address": "10.0.0.1:6379", "storage_shared": True}}
+    assert shlex.split(resume_command(meta)) == [
+        "msdn-tune", "run", "--space", "/s/cub.yaml", "--name", "cub run",
+        "--storage-path", "s3://b/studies", "--num-samples", "64", "--max-concurrent", "8",
+        "--tracking-uri", "http://127.0.0.1:5000", "--address", "10.0.0.1:6379",
+        "--storage-shared", "--resume"]
+    untracked = resume_command({**meta, "tracking_uri": None, "options": {}})
+    assert "--no-tracking" in untracked and "--address" not in untracked

@@ -17,6 +17,7 @@ from msdn_tune.integrations.mlflow.history import (
     trial_rows_from_experiment,
     trial_run,
 )
+from msdn_tune.integrations.mlflow.reconcile import Reconciliation, reconcile_trials
 from msdn_tune.integrations.mlflow.registry import (
     load_model,
     log_champion,
@@ -41,6 +42,7 @@ __all__ = [
     "NOT_A_TRIAL_RUN",
     "Champion",
     "LatestStudy",
+    "Reconciliation",
     "StudyTracker",
     "TrialRun",
     "TrialTracker",
@@ -51,6 +53,7 @@ __all__ = [
     "log_files",
     "model_version_page",
     "prepare_model_logging",
+    "reconcile_trials",
     "register_imported",
     "resolve_tracking_uri",
     "runs_page",

@@ -237,6 +237,16 @@ class StudyTracker:
             if not token:
                 return runs
 
+    def wait_for_children(self, grace_s: float) -> list[Run]:
+        """Wait up to ``grace_s`` for the child runs to be closed by their trials; returns those
+        still RUNNING then."""
+        deadline = time.monotonic() + grace_s
+        while True:
+            running = [r for r in self.child_runs() if r.info.status == "RUNNING"]
+            if not running or time.monotonic() >= deadline or self._guard.dead:
+                return running
+            time.sleep(0.5)
+
     def close_stale_children(self, grace_s: float = 0.0,
                              outcomes: Mapping[str, str] | None = None) -> int:
         """End child runs left RUNNING (crashed driver, killed worker); returns how many.
@@ -250,12 +260,7 @@ class StudyTracker:
         (a loaded machine) is never recorded as killed; only the others are tagged ``killed``
         and end KILLED.
         """
-        deadline = time.monotonic() + grace_s
-        while True:
-            running = [r for r in self.child_runs() if r.info.status == "RUNNING"]
-            if not running or time.monotonic() >= deadline or self._guard.dead:
-                break
-            time.sleep(0.5)
+        running = self.wait_for_children(grace_s)
         n = 0
         for run in running:
             outcome = run.data.tags.get("msdn_tune.status", "running")

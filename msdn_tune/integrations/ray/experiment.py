@@ -30,6 +30,7 @@ import json
 import logging
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,38 @@ def load_trials(path: Path) -> list[TrialRow]:
             epochs_total=int(last.get("epochs_total", 0) or 0), error=error, checkpoint=ckpt,
             mlflow_run_id=last.get("trial/mlflow_run_id")))
     return rows
+
+
+@dataclass
+class TrialResults:
+    """One trial's reported results as Tune's driver wrote them to its folder (result.json)."""
+
+    name: str  # Tune's trial name, as the trial names its MLflow run
+    results: list[dict[str, Any]]
+
+
+def trial_results(exp_dir: Path) -> dict[str, TrialResults]:
+    """Each trial's reported results, by trial id, in the order they were reported.
+
+    Read from the JSON lines Tune's JsonLoggerCallback writes on the driver, which a tracking
+    server that went away cannot have missed. A line cut short by a kill is skipped.
+    """
+    out: dict[str, TrialResults] = {}
+    for path in sorted(exp_dir.glob("*/result.json")):
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                result = json.loads(line)
+                trial_id = str(result["trial_id"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            name = path.parent.name
+            name = name[:name.index(trial_id) + len(trial_id)] if trial_id in name else name
+            out.setdefault(trial_id, TrialResults(name, [])).results.append(result)
+    return out
 
 
 def _error_text(trial: Any) -> str | None:

@@ -90,9 +90,10 @@ class _Server:
     """A real `mlflow server` (one worker, no job runner) with its own SQLite store and cwd,
     in its own process group; started at once, waited for with `ready`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, port: int | None = None) -> None:
         root.mkdir(parents=True, exist_ok=True)
-        port = free_port()
+        port = port or free_port()
+        self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = root / "server.log"
         self.proc = start_ui(f"sqlite:///{root / 'srv.db'}", port=port, cwd=root, log=self.log)
@@ -383,6 +384,42 @@ def test_a_server_that_goes_away_does_not_fail_the_study(tmp_path, ray_address):
     warnings = [ln for ln in out.splitlines() if "warning" in ln.lower()]
     assert len(warnings) == 1, warnings
     assert srv.url in warnings[0] and "complete" in warnings[0]
+    assert "not logged" in warnings[0] and f"msdn-tune report {exp}" in warnings[0]
+
+    # The server comes back (same store, same address): `report` makes the record whole from
+    # the trials' own results: one run per trial with its true outcome and every epoch it ran,
+    # none left RUNNING, the parent closed, the champion registered.
+    back = _Server(tmp_path / "doomed", port=srv.port).ready()
+    try:
+        res = _run(["report", str(exp)], cwd=tmp_path, timeout=600)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        assert "tracking reconciled from the trials' own results" in res.stdout, res.stdout
+        client = MlflowClient(back.url)
+        e = client.get_experiment_by_name("doomed")
+        runs = client.search_runs([e.experiment_id], max_results=100)
+        parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        children = {r.data.tags["msdn_tune.trial_id"]: r for r in runs
+                    if "mlflow.parentRunId" in r.data.tags}
+        assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+        rows = {r["trial_id"]: r for r in pq.read_table(exp / "trials.parquet").to_pylist()}
+        assert set(children) == set(rows)
+        for trial_id, run in children.items():
+            row = rows[trial_id]
+            assert run.info.status == TRIAL_STATUSES[row["status"]], (row, run.info)
+            assert run.data.tags["msdn_tune.status"] == row["status"]
+            assert row["mlflow_run_id"] == run.info.run_id
+            steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "epoch"))
+            assert steps == list(range(1, row["epochs_run"] + 1)), (trial_id, steps)
+            assert "lr" in run.data.params
+        versions = client.search_model_versions(f"name = '{MODEL}'")
+        assert [v.tags.get("study") for v in versions].count("doomed") == 1
+        # a second report has nothing left to do: no run or model added
+        again = _run(["report", str(exp)], cwd=tmp_path, timeout=600)
+        assert again.returncode == 0 and "reconciled" not in again.stdout, again.stdout
+        assert len(client.search_runs([e.experiment_id], max_results=100)) == len(runs)
+        assert len(client.search_model_versions(f"name = '{MODEL}'")) == len(versions)
+    finally:
+        back.stop()
 
 
 # --- per-epoch metrics: batched, sent in the background, caught up after a restart -------------

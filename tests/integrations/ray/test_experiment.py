@@ -107,3 +107,20 @@ def test_a_lost_checkpoint_without_a_readable_newer_one_is_left_for_tune_to_repo
     (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(state))
     assert repair_lost_checkpoints(tmp_path) == []
     assert sorted(p.name for p in trial.iterdir()) == ["checkpoint_000003"]
+
+
+def test_trial_results_are_read_from_each_trials_result_json_in_order(tmp_path):
+    from msdn_tune.integrations.ray.experiment import trial_results
+
+    folder = tmp_path / "msdn_trial_4f2a1_00003_3_lr=0.0012_2026-12-03_10-00-00"
+    folder.mkdir()
+    lines = [json.dumps({"trial_id": "4f2a1_00003", "epoch": e, "val/H": e / 10})
+             for e in (1, 2)]
+    (folder / "result.json").write_text("\n".join(lines) + '\n{"trial_id": "4f2a1_000')  # cut
+    (tmp_path / "not-a-trial").mkdir()
+
+    found = trial_results(tmp_path)
+
+    assert list(found) == ["4f2a1_00003"]
+    assert found["4f2a1_00003"].name == "msdn_trial_4f2a1_00003"
+    assert [r["epoch"] for r in found["4f2a1_00003"].results] == [1, 2]
