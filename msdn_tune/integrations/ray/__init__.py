@@ -1,5 +1,7 @@
 """msdn-tune's Ray adapter: the only package that imports ray.
 
+- address: probing a Ray address before ray.init gets it.
+- reaper: the watcher that removes a SIGKILLed driver's local Ray.
 - tuner: starting or joining Ray, the ASHA scheduler, the Tuner (new or restored), running it.
 - trainable: the function each trial runs (report + checkpoint per epoch, restore).
 - searcher: Ray's OptunaSearch told the truth about early-stopped and diverged trials.

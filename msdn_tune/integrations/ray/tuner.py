@@ -19,6 +19,7 @@ import ray
 from rich.console import Console
 
 from msdn_tune.errors import MsdnTuneError
+from msdn_tune.integrations.ray.reaper import stop_watching, watch_local_ray
 from msdn_tune.space import StudySpec
 from msdn_tune.trials import TrialRow
 
@@ -38,6 +39,7 @@ def init_ray(address: str | None) -> bool:
         # `_system_config` and this key are private Ray API, checked against ray 2.60.0.
         ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                  configure_logging=True, _system_config={"prestart_worker_first_driver": False})
+        watch_local_ray()  # its processes go with this one, even after a SIGKILL
     else:
         try:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
@@ -60,6 +62,7 @@ def ray_running() -> bool:
 def shutdown_ray() -> None:
     """Disconnect from Ray, stopping the local Ray this process started (over a second)."""
     ray.shutdown()
+    stop_watching()
 
 
 def can_restore(path: str) -> bool:

@@ -1,0 +1,113 @@
+"""The local Ray a driver starts is gone after the driver is SIGKILLed (ray 2.60's dashboard and
+runtime-env agents otherwise stay for good), and a normal shutdown leaves no watcher behind.
+
+A real driver process with a real local Ray: slow tier (a Ray start takes 5-20 s on 2 cores)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.raynodes import ray_env
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[3]
+
+DRIVER = textwrap.dedent("""
+    import sys, time
+    from msdn_tune.integrations.ray.reaper import watcher_pid
+    from msdn_tune.integrations.ray.tuner import init_ray, shutdown_ray
+    init_ray(None)
+    print("watcher", watcher_pid(), flush=True)
+    if sys.argv[1] == "shutdown":
+        shutdown_ray()
+        print("shut down", flush=True)
+    else:
+        time.sleep(600)
+""")
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """PID -> command line of every descendant of `pid`."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found: dict[int, str] = {}
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            try:
+                found[child] = (Path(f"/proc/{child}/cmdline").read_bytes()
+                                .replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                continue
+            todo.append(child)
+    return found
+
+
+def _alive(pids) -> list[int]:
+    return [p for p in pids if Path(f"/proc/{p}").exists()
+            and "(Z)" not in _state(p)]
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "(Z)"
+    return f"({stat.rsplit(')', 1)[1].split()[0]})"
+
+
+def _driver(mode: str) -> subprocess.Popen:
+    env = {**ray_env(), "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-c", DRIVER, mode], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+
+
+def test_a_sigkilled_drivers_local_ray_is_gone_agents_included():
+    proc = _driver("kill")
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("watcher "), line + proc.stdout.read()
+        watcher = int(line.split()[1])
+        deadline = time.time() + 120
+        while True:  # the agents start a few seconds after ray.init returns
+            ray_procs = _descendants(proc.pid)
+            if any("RuntimeEnvAgent" in c for c in ray_procs.values()) and any(
+                    "DashboardAgent" in c for c in ray_procs.values()):
+                break
+            assert time.time() < deadline, ray_procs
+            time.sleep(0.5)
+        time.sleep(2)  # the watcher polls once a second
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything in its group
+        proc.wait()
+        deadline = time.time() + 120
+        while _alive(ray_procs) or _alive([watcher]):
+            assert time.time() < deadline, {p: ray_procs[p] for p in _alive(ray_procs)}
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_a_normal_shutdown_stops_the_watcher():
+    proc = _driver("shutdown")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "shut down" in out, out
+    watcher = int(out.split("watcher ", 1)[1].split()[0])
+    assert not _alive([watcher])
