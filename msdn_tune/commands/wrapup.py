@@ -124,11 +124,19 @@ def finish_tracking(tracker: Any, space: StudySpec, outcome: StudyOutcome,
             artifacts.append(exp_dir / "plots")
     if unreachable is None:
         best = outcome.best[0] if outcome.best else None
-        tracker.finish(best_metrics=best.metrics if best else None,
+        lost = tracker.finish(best_metrics=best.metrics if best else None,
                        best_trial_id=best.trial_id if best else None, artifacts=artifacts,
                        status="FINISHED" if outcome.complete else "KILLED",
                        trial_ids=[r.trial_id for r in outcome.rows] if outcome.complete else None,
                        outcomes={r.trial_id: r.status for r in outcome.rows})
+        if lost:
+            folders = sorted(str(p) for t in lost for p in exp_dir.glob(f"*{t}*") if p.is_dir())
+            console.print(
+                f"{len(lost)} trial(s) the killed driver had started before its state recorded "
+                f"them ({', '.join(lost)}) were run again under new ids: their MLflow runs are "
+                "in the experiment's trash (tagged msdn_tune.status=lost, restorable), their "
+                "folders kept" + (f": {', '.join(folders)}" if folders else ""),
+                markup=False, soft_wrap=True)
         if tracker.degraded:  # the tracker has printed its own single warning
             problem = None
         else:

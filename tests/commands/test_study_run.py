@@ -229,6 +229,31 @@ def test_interrupt_then_kill_then_resume(tmp_path, ray_address):
         assert sorted(steps) == list(range(1, 7)), steps
 
 
+def test_sigterm_stops_the_study_like_ctrl_c(tmp_path, ray_address):
+    """`jobs stop` and schedulers send SIGTERM: the study is stopped and saved as on Ctrl-C
+    (exit 130, its resume command printed), never Ray's C++ stack dump mid-write."""
+    space = _space(tmp_path, "termed", num_samples=4, scheduler={"type": "none"},
+                   fixed={"dataset": "synthetic", "epochs": 6, "device": "cpu"})
+    exp = tmp_path / "results" / "termed"
+    proc = subprocess.Popen(CLI + ["run", "--space", str(space), "--address", ray_address,
+                                   "--no-tracking"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    try:
+        _wait_for_checkpoints(proc, exp, 2)
+        proc.send_signal(signal.SIGTERM)  # the driver alone, as Ray's job supervisor does
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, out[-3000:]
+    assert "SIGTERM received: stopping the study" in out and "study incomplete" in out
+    assert "*** SIGTERM received at" not in out and "Traceback" not in out, out[-3000:]
+    assert "--resume" in out
+
+
 def _nan_store(path: Path) -> Path:
     import numpy as np
 

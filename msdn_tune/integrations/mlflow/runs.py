@@ -272,20 +272,16 @@ class StudyTracker:
             n += 0 if self._guard.dead else 1
         return n
 
-    def _trash_lost_children(self, trial_ids: set[str]) -> None:
+    def _trash_lost_children(self, trial_ids: set[str]) -> list[str]:
+        """Tag and trash the child runs of trials not in `trial_ids`; returns their trial ids."""
         lost = [
             r for r in self.child_runs() if r.data.tags.get("msdn_tune.trial_id") not in trial_ids
         ]
         for run in lost:
             self._guard(self._client.set_tag, run.info.run_id, "msdn_tune.status", "lost")
             self._guard(self._client.delete_run, run.info.run_id)
-        if lost and not self._guard.dead:
-            logger.warning(
-                "moved %d MLflow run(s) of trials the study lost (killed before Tune recorded "
-                "them) to the trash: %s",
-                len(lost),
-                ", ".join(r.data.tags.get("msdn_tune.trial_id", "?") for r in lost),
-            )
+        return [] if self._guard.dead else [r.data.tags.get("msdn_tune.trial_id", "?")
+                                            for r in lost]
 
     def finish(
         self,
@@ -296,8 +292,9 @@ class StudyTracker:
         status: str = "FINISHED",
         trial_ids: Iterable[str] | None = None,
         outcomes: Mapping[str, str] | None = None,
-    ) -> None:
-        """Close stale children, log the best trial's metrics and the result files, end the run.
+    ) -> list[str]:
+        """Close stale children, log the best trial's metrics and the result files, end the run;
+        returns the trial ids of the runs moved to the trash (see ``trial_ids``).
 
         ``outcomes``: each trial's outcome as the study recorded it (see
         :meth:`close_stale_children`).
@@ -311,15 +308,14 @@ class StudyTracker:
         if status not in _RUN_STATUSES:
             raise ValueError(f"status must be one of {_RUN_STATUSES}, got {status!r}")
         if self.parent_run_id is None:
-            return
+            return []
         run_id, c, g = self.parent_run_id, self._client, self._guard
         # an interrupted study's trials were stopped abruptly: wait less for them
         self.close_stale_children(
             grace_s=self.finish_grace_s if status == "FINISHED" else min(3.0, self.finish_grace_s),
             outcomes=outcomes,
         )
-        if trial_ids is not None:
-            self._trash_lost_children({str(t) for t in trial_ids})
+        lost = [] if trial_ids is None else self._trash_lost_children({str(t) for t in trial_ids})
         metrics = [Metric(k, v, now_ms(), 0) for k, v in finite_metrics(best_metrics).items()]
         tags = [RunTag("msdn_tune.status", status.lower())]
         if best_trial_id is not None:
@@ -333,6 +329,7 @@ class StudyTracker:
             else:
                 logger.warning("study artifact %s does not exist; not logged", path)
         g(c.set_terminated, run_id, status)
+        return lost
 
 
 def log_files(

@@ -276,7 +276,9 @@ def plan_job(
             args.append(flag)
 
     # PYTHONUNBUFFERED: the driver's output reaches `submit`'s log tail as it is printed.
-    env_vars = {"PYTHONUNBUFFERED": "1"}
+    # RAY_JOB_STOP_WAIT_TIME_S: `jobs stop` sends SIGTERM, on which the driver stops Tune and
+    # saves the study (tuner.sigterm_stops_tune); Ray's 3 s default would SIGKILL it first.
+    env_vars = {"PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S)}
     if uri:
         env_vars["MLFLOW_TRACKING_URI"] = uri
     for key in ("RAY_AUTH_MODE", "MLFLOW_DISABLE_TELEMETRY"):
@@ -359,10 +361,20 @@ def job_exit_code(status: str) -> int:
     return 0 if status == "SUCCEEDED" else 1
 
 
+#: Seconds Ray's job supervisor waits for a stopped study to save itself before SIGKILL.
+STOP_WAIT_S = 60
+
+
 def list_jobs(server: JobServer) -> list[dict[str, Any]]:
-    """All jobs of the cluster, newest first, as plain dicts."""
+    """The jobs submitted to the cluster, newest first, as plain dicts.
+
+    Ray lists every driver that ever connected as a job too (`type` DRIVER: a `msdn-tune run
+    --address`, even one refused before it started anything, shows as SUCCEEDED); those are not
+    jobs anyone submitted, and `jobs logs`/`jobs stop` cannot act on them, so they are left out.
+    """
     with ray_api_errors(server.url):
-        jobs = server.sdk.list_jobs()
+        jobs = [j for j in server.sdk.list_jobs() if str(getattr(j.type, "value", j.type))
+                == "SUBMISSION"]
     rows = [
         {
             "submission_id": j.submission_id or j.job_id,

@@ -11,6 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -156,9 +159,37 @@ def fit(tuner: Any) -> int:
     Tune's automatic loggers stay off for a resumed study too: `Tuner.restore` brings back the
     callbacks the study was started with, its CSV and JSON loggers included (`build_tuner`).
     """
-    with tune_loggers(default=False):
+    with tune_loggers(default=False), sigterm_stops_tune():
         grid = tuner.fit()
     return int(grid.num_terminated + grid.num_errors)
+
+
+@contextlib.contextmanager
+def sigterm_stops_tune() -> Iterator[None]:
+    """While Tune runs, SIGTERM stops the study the way Ctrl-C does.
+
+    `msdn-tune jobs stop` (Ray's job supervisor) and schedulers stop a driver with SIGTERM. Ray's
+    core worker handles it in C++: a stack dump, and the driver dies wherever it was. Instead,
+    Tune is told to stop (SIGUSR1: Tune's own stop signal, handled like its first Ctrl-C), saves
+    its experiment state, and the study ends reported incomplete with its resume command. Ray's
+    supervisor waits `RAY_JOB_STOP_WAIT_TIME_S` for that (msdn_tune.integrations.ray.jobs sets
+    it for submitted studies). Only the main thread can set signal handlers; elsewhere nothing
+    changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        print("SIGTERM received: stopping the study as Ctrl-C would; it stays resumable",
+              file=sys.stderr, flush=True)
+        signal.raise_signal(signal.SIGUSR1)
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
 
 
 @contextlib.contextmanager

@@ -543,7 +543,8 @@ def test_runs_of_trials_the_study_lost_go_to_the_trash(tmp_path):
             tt.finish("completed")
         runs[t] = tt.run_id
     study.finish_grace_s = 0.0  # "gone" stays RUNNING: its worker died
-    study.finish(best_metrics=None, best_trial_id=None, trial_ids=["t0", "t1"])
+    lost = study.finish(best_metrics=None, best_trial_id=None, trial_ids=["t0", "t1"])
+    assert lost == ["gone"]  # returned, for the study's end to say so
     client = MlflowClient(uri)
     assert sorted(r.data.tags["msdn_tune.trial_id"] for r in study.child_runs()) == ["t0", "t1"]
     gone = client.get_run(runs["gone"])

@@ -282,6 +282,8 @@ def test_submit_study_as_ray_job_with_token_auth(tmp_path):
             timeout=60,
         )
         assert listed.returncode == 0 and "SUCCEEDED" in listed.stdout, listed.stderr
+        # the submitted job only: not also its driver, which Ray lists as a job of type DRIVER
+        assert listed.stdout.count("SUCCEEDED") == 1, listed.stdout
         job_id = next(
             line.split()[2] for line in res.stdout.splitlines() if line.startswith("submitted job")
         )
