@@ -3,19 +3,24 @@ instance on the machine, other sessions' included)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# The process functions are the local try-out's (cluster/tryout.py, a standalone script that the
+# README tells users to run): one implementation of "a node is its marked processes".
+_spec = importlib.util.spec_from_file_location(
+    "msdn_tryout", Path(__file__).resolve().parents[2] / "cluster" / "tryout.py")
+assert _spec is not None and _spec.loader is not None
+_tryout = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_tryout)
+free_port = _tryout.free_port
+pids_matching = _tryout.pids_matching
+signal_marked = _tryout.signal_marked
+stop_marked = _tryout.stop_marked
 
 
 def ray_env() -> dict[str, str]:
@@ -64,53 +69,11 @@ def start_worker(address: str, temp_dir: Path, *, num_cpus: int = 1,
                    timeout=120)
 
 
-def pids_matching(marker: str) -> list[int]:
-    """PIDs whose command line contains `marker`, plus all their descendants."""
-    found: set[int] = set()
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        pid = int(entry.name)
-        parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
-        if marker in cmd and pid != os.getpid():
-            found.add(pid)
-    changed = True
-    while changed:
-        changed = False
-        for pid, ppid in parents.items():
-            if ppid in found and pid not in found:
-                found.add(pid)
-                changed = True
-    return sorted(found)
+def kill_by_marker(marker: str) -> list[int]:
+    """SIGKILL every process of one Ray node at once, as a crashed machine would vanish."""
+    return signal_marked(marker, signal.SIGKILL)
 
 
 def stop_by_marker(marker: str, timeout: float = 15.0) -> None:
     """SIGTERM every process of one Ray instance, then SIGKILL what is left."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids_matching(marker):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + timeout
-        while time.time() < deadline and pids_matching(marker):
-            time.sleep(0.2)
-        if not pids_matching(marker):
-            return
-
-
-def kill_by_marker(marker: str) -> list[int]:
-    """SIGKILL every process of one Ray node at once, as a crashed machine would vanish."""
-    pids = pids_matching(marker)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return pids
+    stop_marked(marker, timeout)
