@@ -159,9 +159,42 @@ def fit(tuner: Any) -> int:
     Tune's automatic loggers stay off for a resumed study too: `Tuner.restore` brings back the
     callbacks the study was started with, its CSV and JSON loggers included (`build_tuner`).
     """
-    with tune_loggers(default=False), sigterm_stops_tune():
+    with tune_loggers(default=False), sigterm_stops_tune(), _one_line_trial_failures():
         grid = tuner.fit()
     return int(grid.num_terminated + grid.num_errors)
+
+
+class _TrialFailureLine(logging.Filter):
+    """Tune logs each failed trial task with Ray's whole traceback (17 lines for a worker node
+    that died), although it then restarts the trial from its checkpoint and the study succeeds.
+    The record becomes one line: the trial, the error's type and first line, what happens next.
+    A trial that fails for good is still reported: in the results table, with its error file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Trial task failed for trial") and record.exc_info:
+            exc = record.exc_info[1]
+            first = str(exc).strip().splitlines()[0] if exc is not None and str(exc) else ""
+            trial = message.rsplit(" ", 1)[-1]
+            record.msg = (f"{trial}: {type(exc).__name__}: {first[:200]}; Tune restarts it from "
+                          "its last checkpoint (up to 2 times)")
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+@contextlib.contextmanager
+def _one_line_trial_failures() -> Iterator[None]:
+    """`_TrialFailureLine` on Tune's controller logger while `fit` runs (ray 2.60.0 logs these
+    from `ray.tune.execution.tune_controller`)."""
+    target = logging.getLogger("ray.tune.execution.tune_controller")
+    line = _TrialFailureLine()
+    target.addFilter(line)
+    try:
+        yield
+    finally:
+        target.removeFilter(line)
 
 
 @contextlib.contextmanager

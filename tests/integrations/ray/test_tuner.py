@@ -32,3 +32,24 @@ def test_tune_loggers_are_left_to_tune_only_when_asked_and_the_environment_resto
     with tune_loggers(default=False):
         assert os.environ[key] == "1"
     assert os.environ[key] == "0"
+
+
+def test_a_failed_trial_task_is_one_line_without_the_traceback():
+    import logging
+    import sys
+
+    from msdn_tune.integrations.ray.tuner import _TrialFailureLine
+
+    try:
+        raise RuntimeError("The actor is temporarily unavailable: Socket closed\nmore detail")
+    except RuntimeError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("ray.tune.execution.tune_controller", logging.ERROR, "f", 1,
+                               "Trial task failed for trial %s", ("msdn_trial_abc",), exc_info)
+    assert _TrialFailureLine().filter(record)
+    assert record.getMessage() == (
+        "msdn_trial_abc: RuntimeError: The actor is temporarily unavailable: Socket closed; "
+        "Tune restarts it from its last checkpoint (up to 2 times)")
+    assert record.exc_info is None
+    other = logging.LogRecord("x", logging.ERROR, "f", 1, "something else", (), exc_info)
+    assert _TrialFailureLine().filter(other) and other.exc_info is exc_info  # left alone
