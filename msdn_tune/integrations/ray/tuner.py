@@ -177,7 +177,7 @@ class _TrialFailureLine(logging.Filter):
             first = str(exc).strip().splitlines()[0] if exc is not None and str(exc) else ""
             trial = message.rsplit(" ", 1)[-1]
             record.msg = (f"{trial}: {type(exc).__name__}: {first[:200]}; Tune restarts it from "
-                          "its last checkpoint (up to 2 times)")
+                          "its last checkpoint (a trial that fails 3 times is recorded failed)")
             record.args = ()
             record.exc_info = None
             record.exc_text = None

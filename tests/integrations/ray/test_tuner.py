@@ -49,7 +49,8 @@ def test_a_failed_trial_task_is_one_line_without_the_traceback():
     assert _TrialFailureLine().filter(record)
     assert record.getMessage() == (
         "msdn_trial_abc: RuntimeError: The actor is temporarily unavailable: Socket closed; "
-        "Tune restarts it from its last checkpoint (up to 2 times)")
+        "Tune restarts it from its last checkpoint (a trial that fails 3 times is recorded "
+        "failed)")
     assert record.exc_info is None
     other = logging.LogRecord("x", logging.ERROR, "f", 1, "something else", (), exc_info)
     assert _TrialFailureLine().filter(other) and other.exc_info is exc_info  # left alone
