@@ -15,6 +15,17 @@ actually present and useful, which a random tensor would not be:
   (a per-part canonical position, shifted per image and jittered) and a neighbouring region;
   parts can be occluded. Noise, a per-image channel "style" and distractor patterns of random
   attributes at random places (clutter) make mean pooling weak and attention worthwhile.
+* **A shortcut, optional** (``shortcut > 0``, the ``confounded`` presets): a context pattern
+  spread over every region of an image (a per-class channel direction, jittered per region), as
+  a background or habitat would be. It names the class of seen-class images, so in training it
+  predicts the class, and with it the attributes, without any attribute evidence; for images of
+  unseen classes (and of the seen classes held out as ``val_unseen``, so that validation sees the
+  same shift) it is the context of a random training class: at test it points to the wrong
+  class. This is the structure MSDN++'s causal attention claims to handle: attention that leans
+  on context which is predictive in training but does not carry the attributes. A counterfactual
+  attention (random or uniform over regions) pools the spread-out context as well as the factual
+  one does, so the effect logits (factual minus counterfactual) cancel it and keep what the
+  attended regions add.
 * **Splits** follow the xlsa17 proposed split: unseen classes never appear in ``trainval``; a
   ``test_seen_frac`` share of every seen class's images is ``test_seen``; all unseen-class images
   are ``test_unseen``. For honest model selection, ``val_unseen`` holds all trainval images of a
@@ -135,6 +146,7 @@ class SynthSpec:
     test_seen_frac: float = 0.2
     val_unseen_frac: float = 0.2
     val_seen_frac: float = 0.2
+    shortcut: float = 0.0
     seed: int = 0
     description: str = ""
 
@@ -176,7 +188,13 @@ class SynthSpec:
                 raise bad(field, f"must be in [0, 1), got {getattr(self, field)}")
         if round(self.val_unseen_frac * self.n_seen) > self.n_seen - 1:
             raise bad("val_unseen_frac", "leaves no training class")
+        if not 0.0 <= self.shortcut <= 100.0:
+            raise bad("shortcut", f"must be in [0, 100], got {self.shortcut}")
 
+
+#: The confounded presets' shortcut strength, per region in feature units (an attribute's
+#: pattern adds 2.4-5.6 at its one or two regions).
+SHORTCUT = 1.0
 
 PRESETS: dict[str, SynthSpec] = {
     spec.name: spec
@@ -228,6 +246,14 @@ PRESETS: dict[str, SynthSpec] = {
         ),
     )
 }
+# The demo and tiny benchmarks with a context shortcut (see the module docstring): the data of
+# the causal-attention benchmark (benchmarks/causal.py) and of search_spaces/demo-causal.yaml.
+PRESETS["confounded"] = dataclasses.replace(
+    PRESETS["demo"], name="confounded", shortcut=SHORTCUT,
+    description="demo with a context shortcut that holds for seen classes only")
+PRESETS["confounded-tiny"] = dataclasses.replace(
+    PRESETS["tiny"], name="confounded-tiny", shortcut=SHORTCUT,
+    description="tiny with the confounded preset's shortcut: for tests")
 
 
 def get_spec(preset: str | SynthSpec) -> SynthSpec:
@@ -268,6 +294,8 @@ class SynthBenchmark:
     directions: np.ndarray  # float32 (A, channels) non-negative unit visual pattern
     part_centers: np.ndarray  # int64 (P, 2) canonical (row, col) of each part
     style_directions: np.ndarray  # float32 (S, channels) image-wide nuisance directions
+    context_directions: np.ndarray  # float32 (C, channels) each class's context pattern
+    context_class: np.ndarray  # int64 (N,) whose context each image carries (shortcut > 0)
 
     @property
     def unseen_classes(self) -> np.ndarray:
@@ -417,6 +445,15 @@ def build_benchmark(preset: str | SynthSpec, seed: int | None = None) -> SynthBe
         "val_unseen": cat([trainval_of[k] for k in val_unseen_cls.tolist()]),
     }
     assert set(splits) == set(SPLIT_NAMES)
+
+    # -- the context shortcut (own generators: the other presets' bytes do not change) --------
+    rng = _rng(seed, 5)
+    context = np.abs(rng.standard_normal((n_cls, spec.channels)))
+    context /= np.linalg.norm(context, axis=1, keepdims=True)
+    context_class = labels.copy()
+    misleading = np.concatenate([splits["test_unseen"], splits["val_unseen"]])
+    train_classes = np.unique(labels[splits["train"]])
+    context_class[misleading] = rng.choice(train_classes, size=len(misleading))
     return SynthBenchmark(
         spec=spec,
         seed=seed,
@@ -431,6 +468,8 @@ def build_benchmark(preset: str | SynthSpec, seed: int | None = None) -> SynthBe
         directions=dirs.astype(np.float32),
         part_centers=centers.astype(np.int64),
         style_directions=style.astype(np.float32),
+        context_directions=context.astype(np.float32),
+        context_class=context_class,
     )
 
 
@@ -496,6 +535,11 @@ def _chunk(bench: SynthBenchmark, index: int, lo: int, hi: int) -> np.ndarray:
     all_attr = np.concatenate([attr, attr, c_attr])
     all_w = np.concatenate([w, 0.5 * w, c_w]).astype(np.float32)
     np.add.at(x, (all_img, all_reg), all_w[:, None] * bench.directions[all_attr])
+    if spec.shortcut > 0:  # the context, on every region (its own generator, see above)
+        crng = _rng(bench.seed, 101, index)
+        level = crng.uniform(0.7, 1.3, size=(n, spec.regions, 1)).astype(np.float32)
+        x += np.float32(spec.shortcut) * level * bench.context_directions[
+            bench.context_class[lo:hi]][:, None, :]
     np.maximum(x, 0.0, out=x)
     return x.transpose(0, 2, 1)
 

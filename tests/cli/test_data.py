@@ -60,7 +60,8 @@ def test_existing_output_needs_force(tmp_path):
 
 def test_bad_input_exits_2_with_a_message_and_no_traceback(tmp_path):
     cases = [
-        (["data", "info", str(tmp_path / "missing")], "presets: cub-like, demo, tiny"),
+        (["data", "info", str(tmp_path / "missing")],
+         "presets: confounded, confounded-tiny, cub-like, demo, tiny"),
         (["data", "synth", "--preset", "huge", "--out", str(tmp_path / "x")], "unknown synthetic"),
     ]
     store = tmp_path / "s"

@@ -59,7 +59,8 @@ def test_store_directories_resolve_to_their_absolute_path(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("spec", ["tinyy", "/no/such/store", "synth:huge", "tiny@seed=x"])
 def test_unknown_specs_name_the_spec_and_list_presets(tmp_path, spec):
-    with pytest.raises(DataError, match=f"{spec}.*presets: cub-like, demo, tiny"):
+    presets = "confounded, confounded-tiny, cub-like, demo, tiny"
+    with pytest.raises(DataError, match=f"{spec}.*presets: {presets}"):
         resolve_benchmark(spec, cache_dir=tmp_path)
 
 

@@ -194,7 +194,8 @@ def test_cub_like_streams_in_bounded_chunks():
 
 
 def test_unknown_preset_and_bad_spec():
-    with pytest.raises(DataError, match=r"unknown synthetic preset 'huge'.*cub-like.*demo.*tiny"):
+    with pytest.raises(DataError,
+                       match=r"unknown synthetic preset .huge.*confounded.*cub-like.*demo.*tiny"):
         get_spec("huge")
     assert get_spec("synth:tiny") is PRESETS["tiny"]
     bad = dataclasses.replace(PRESETS["tiny"], n_unseen=0)
@@ -202,3 +203,74 @@ def test_unknown_preset_and_bad_spec():
         get_spec(bad)
     with pytest.raises(DataError, match="groups"):
         SynthSpec("x", 10, 2, (("has_wing_color", 1),), 4, 2, 100).validate()
+
+
+# --- the confounded presets: a context shortcut that holds for seen classes only (issue 18) ----
+
+
+def _probe(bench, x: np.ndarray) -> tuple[float, float]:
+    """A linear ZSL probe on region-mean-pooled features: ridge to class attributes on `train`,
+    nearest class among the seen classes for test_seen and among the unseen for test_unseen;
+    (seen, unseen) per-class mean accuracy."""
+    att = bench.class_attributes
+    x = x.mean(axis=2)
+    tr = bench.splits["train"]
+    mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-6
+    x = (x - mu) / sd
+    y = att[bench.labels[tr]]
+    w = np.linalg.solve(x[tr].T @ x[tr] + 1e-2 * len(tr) * np.eye(x.shape[1]),
+                        x[tr].T @ (y - y.mean(0)))
+    out = []
+    for split in ("test_seen", "test_unseen"):
+        rows = bench.splits[split]
+        classes = np.unique(bench.labels[rows])
+        z = att[classes] / np.linalg.norm(att[classes], axis=1, keepdims=True)
+        pred = classes[np.argmax((x[rows] @ w + y.mean(0)) @ z.T, axis=1)]
+        truth = bench.labels[rows]
+        out.append(float(np.mean([np.mean(pred[truth == k] == k) for k in classes])))
+    return out[0], out[1]
+
+
+def _features(spec) -> np.ndarray:
+    return np.concatenate(list(iter_feature_chunks(build_benchmark(spec))))
+
+
+def test_confounded_is_tiny_plus_the_shortcut_and_deterministic():
+    conf = PRESETS["confounded-tiny"]
+    assert conf.shortcut > 0 and PRESETS["confounded"].shortcut == conf.shortcut
+    a, b = _features(conf), _features(conf)
+    np.testing.assert_array_equal(a, b)
+    # without the shortcut it is the tiny preset, byte for byte: nothing else moved
+    np.testing.assert_array_equal(_features(dataclasses.replace(conf, shortcut=0.0)),
+                                  _features(PRESETS["tiny"]))
+    assert not np.array_equal(a, _features(PRESETS["tiny"]))
+    bench = build_benchmark(conf)
+    unseen_like = np.concatenate([bench.splits["test_unseen"], bench.splits["val_unseen"]])
+    train_classes = set(np.unique(bench.labels[bench.splits["train"]]).tolist())
+    assert set(bench.context_class[unseen_like].tolist()) <= train_classes  # the wrong context
+    np.testing.assert_array_equal(bench.context_class[bench.splits["train"]],
+                                  bench.labels[bench.splits["train"]])
+
+
+def test_the_shortcut_alone_names_seen_classes_and_says_nothing_of_unseen_ones():
+    """Context only (no attribute patterns, no clutter): a linear probe learns the seen classes
+    from it, and is at chance on the unseen ones."""
+    only_context = dataclasses.replace(PRESETS["confounded-tiny"], signal=0.0, clutter=0.0)
+    bench = build_benchmark(only_context)
+    seen, unseen = _probe(bench, _features(only_context))
+    n_seen = len(np.unique(bench.labels[bench.splits["test_seen"]]))
+    chance = 1.0 / len(bench.unseen_classes)
+    assert seen > 0.5 and seen > 10 / n_seen, (seen, 1 / n_seen)  # 15x chance measured
+    assert unseen < 1.6 * chance, (unseen, chance)
+
+
+def test_the_attribute_evidence_alone_suffices_for_unseen_classes_and_the_shortcut_hurts():
+    """Without the shortcut the same probe recognises unseen classes well above chance; with it,
+    a model that pools every region (as the probe does) loses much of that."""
+    conf = PRESETS["confounded-tiny"]
+    bench = build_benchmark(conf)
+    chance = 1.0 / len(bench.unseen_classes)
+    _, clean = _probe(bench, _features(dataclasses.replace(conf, shortcut=0.0)))
+    _, confounded = _probe(bench, _features(conf))
+    assert clean >= 3 * chance, (clean, chance)
+    assert confounded < clean - 0.1, (confounded, clean)
