@@ -185,7 +185,7 @@ def test_interrupt_then_kill_then_resume(tmp_path, ray_address):
                             stderr=subprocess.STDOUT, start_new_session=True, env=env)
     _wait_for_checkpoints(proc, exp, 2)
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=300)
+    out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 130, out[-3000:]
     assert "study incomplete" in out
     # the printed resume command carries every option the study was run with, and is run as is
@@ -248,7 +248,7 @@ def test_sigterm_stops_the_study_like_ctrl_c(tmp_path, ray_address):
     try:
         _wait_for_checkpoints(proc, exp, 2)
         proc.send_signal(signal.SIGTERM)  # the driver alone, as Ray's job supervisor does
-        out, _ = proc.communicate(timeout=300)
+        out, _ = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
