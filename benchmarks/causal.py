@@ -163,7 +163,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--strengths", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=30)  # the demo study's and CUB's
     ap.add_argument("--interventions", nargs="+", default=["random", "uniform", "shuffle"])
     ap.add_argument("--lambdas", type=float, nargs="+", default=[0.3, 1.0, 3.0])
     ap.add_argument("--threads", type=int, default=2)
