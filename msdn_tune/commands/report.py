@@ -170,8 +170,8 @@ def catch_up_tracking(report: Report, console: Console) -> bool:
         path=report.study, complete=bool(meta.get("complete")), rows=rows,
         best=best_trials(rows, [(o.metric, o.mode) for o in space.objectives]),
         parent_run_id=report.parent_run_id, tracking_uri=report.tracking_uri)
-    kept = finish_tracking(tracker, space, outcome, False, console)
-    write_study_meta(report.study, {**read_study_meta(report.study), **kept})
+    kept = finish_tracking(tracker, space, outcome, False, console, meta)
+    write_study_meta(report.study, {**meta, **kept})
     if outcome.champion:
         console.print(f"model: {outcome.champion.get('name')} v{outcome.champion.get('version')}",
                       markup=False)

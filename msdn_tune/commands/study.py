@@ -366,11 +366,11 @@ def _conclude(space: StudySpec, store: Any, exp_dir: Path, finished: int,
     store.fetch([b.checkpoint for b in best[:1] if b.checkpoint])
     outcome = StudyOutcome(path=exp_dir, complete=complete, rows=rows, best=best,
                            parent_run_id=parent, tracking_uri=uri)
+    meta = read_study_meta(exp_dir)
     tracked: dict[str, Any] = {}
     if tracker is not None:
         _startup.warm_wrapup_imports()  # done already, or being done by the WindDown thread
-        tracked = finish_tracking(tracker, space, outcome, force_promote, console)
-    meta = read_study_meta(exp_dir)
+        tracked = finish_tracking(tracker, space, outcome, force_promote, console, meta)
     meta.update({"complete": complete, "wall_s": meta.get("wall_s", 0.0) + time.time() - t0,
                  **tracked})
     write_study_meta(exp_dir, meta)

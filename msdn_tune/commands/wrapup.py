@@ -22,7 +22,7 @@ from msdn_tune.integrations.ray.experiment import trial_results
 from msdn_tune.integrations.ray.trainable import STATE_FILE
 from msdn_tune.space import StudySpec
 from msdn_tune.train.config import TrainConfig
-from msdn_tune.trials import TRIALS_FILE, TrialRow, read_study_meta, write_parquet
+from msdn_tune.trials import TRIALS_FILE, TrialRow, write_parquet
 
 
 @dataclass
@@ -70,10 +70,11 @@ def _trial_settings(space: StudySpec, row: TrialRow) -> dict[str, Any]:
 
 
 def finish_tracking(tracker: Any, space: StudySpec, outcome: StudyOutcome,
-                    force_promote: bool, console: Console) -> dict[str, Any]:
+                    force_promote: bool, console: Console,
+                    meta: dict[str, Any]) -> dict[str, Any]:
     """Reconcile the trials' runs, log plots and the champion model (complete studies only),
-    close the parent run; returns what the study record keeps of it (`tracking_complete`, the
-    champion).
+    close the parent run; returns what the study record (`meta`, as read by the caller, which
+    writes it back) keeps of it: `tracking_complete`, the champion.
 
     The study's results are on disk by now, so a tracking failure here is one warning line, not
     a failed study: a server that went away mid-study is probed once instead of retried per
@@ -85,7 +86,6 @@ def finish_tracking(tracker: Any, space: StudySpec, outcome: StudyOutcome,
 
     exp_dir = outcome.path
     artifacts = [exp_dir / TRIALS_FILE]
-    meta = read_study_meta(exp_dir)
 
     def render_plots() -> None:
         try:

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import sys
+import traceback
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -243,7 +244,11 @@ class BenchmarkStore:
             self._read_meta()
             self._read_arrays()
             self._map_features()
-        except BaseException:
+        except BaseException as exc:
+            # The traceback keeps the failed steps' frames alive, and their locals (the Arrow
+            # reader, schema, batches) keep the file mapped until the garbage collector finds the
+            # cycle: clear them so that the mapping goes now, with close().
+            traceback.clear_frames(exc.__traceback__)
             self.close()
             raise
         return self

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,10 @@ from msdn_tune.train.config import TrainConfig
 
 STATE_FILE = "checkpoint.pt"
 TRIAL_FILE = "trial.json"
+STAGING_PREFIX = "msdn-ckpt-"
+"""A checkpoint is written to a temporary folder ``msdn-ckpt-<pid>-*`` that Tune then persists."""
+STALE_STAGING_S = 3600.0
+"""A staging folder this old whose process is gone was left by a worker killed mid-save."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,43 @@ def make_trainable(static: TrialStatic) -> Callable[[dict[str, Any]], None]:
     return msdn_trial
 
 
+def sweep_stale_staging(tmp: Path | None = None, *, older_than_s: float = STALE_STAGING_S) -> int:
+    """Remove the checkpoint staging folders of trial processes that were killed while saving.
+
+    A worker killed between writing a checkpoint and Tune persisting it (a lost node, a driver
+    SIGKILL, `jobs stop`) never runs its `TemporaryDirectory` clean-up, and each such folder holds
+    a whole trainer state. Only folders whose writer's pid is dead here and that were last
+    touched more than `older_than_s` ago are removed, so neither a live trial's folder nor one of
+    another machine sharing this temp folder (another pid namespace) is touched while in use.
+    Returns how many were removed.
+    """
+    tmp = Path(tempfile.gettempdir()) if tmp is None else tmp
+    removed = 0
+    now = time.time()
+    for d in tmp.glob(f"{STAGING_PREFIX}*-*"):
+        pid = d.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            if now - d.stat().st_mtime < older_than_s:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed += not d.exists()
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def run_trial(config: dict[str, Any], static: TrialStatic, *,
               init_weights: dict[str, Any] | None = None) -> None:
     """Train one configuration, reporting and checkpointing after every epoch.
@@ -60,6 +103,7 @@ def run_trial(config: dict[str, Any], static: TrialStatic, *,
 
     from msdn_tune.train.trainer import Trainer, load_checkpoint
 
+    sweep_stale_staging()
     settings = {**static.fixed, **{k: v for k, v in config.items() if v is not None}}
     cfg = TrainConfig.from_dict(settings)
     bench = open_benchmark(static.data_path)
@@ -110,7 +154,7 @@ def run_trial(config: dict[str, Any], static: TrialStatic, *,
                     # below then lost the race with the driver, which closed the run as killed.
                     tracker.finish("completed", final_metrics=_floats(metrics), error=None)
                     closed = True
-            with tempfile.TemporaryDirectory(prefix="msdn-ckpt-") as d:
+            with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{os.getpid()}-") as d:
                 trainer.save(Path(d) / STATE_FILE)
                 # pid: which worker process wrote it (diagnostics; fault-injection tests)
                 (Path(d) / TRIAL_FILE).write_text(json.dumps(
