@@ -67,7 +67,7 @@ def submit_cmd(address: str | None, space_file: str, storage_path: str | None,
         tracking_uri=tracking_uri, tracking=not no_tracking, name=name,
         num_samples=num_samples, max_concurrent=max_concurrent, resume=resume,
         resume_if_exists=resume_if_exists, storage_shared=storage_shared, pip=pip,
-        excludes=excludes, submission_id=submission_id)
+        excludes=excludes, submission_id=submission_id, address=address)
     for w in plan.warnings:
         click.secho(f"warning: {w}", fg="yellow", err=True)
     click.echo(f"upload: {plan.runtime_env['working_dir']} "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shlex
 import sys
 import threading
@@ -30,6 +31,7 @@ from msdn_tune import _startup
 from msdn_tune.commands.wrapup import StudyOutcome, finish_tracking, reconcile_study
 from msdn_tune.data.resolve import open_benchmark, parse_preset, resolve_benchmark
 from msdn_tune.errors import MsdnTuneError
+from msdn_tune.integrations.ray import SUBMIT_RESUME_ENV
 from msdn_tune.integrations.ray.address import probe_ray_address
 from msdn_tune.integrations.ray.experiment import (
     load_trials,
@@ -276,8 +278,11 @@ def run_study(space: StudySpec, *, space_file: Path | None = None, address: str 
         if tracking:
             uri, tracker, parent, exp_id = prepared or setup_tracking()  # prepared when early
         warm_rows = _warm_start_rows(warm_start, storage, uri) if warm_start else None
+        # `tracking_complete` is said by the study's end again: while this run lives, `report`
+        # must not take its RUNNING runs for ones an unreachable store left open, and close them
+        ongoing = {k: v for k, v in meta.items() if k != "tracking_complete"}
         write_study_meta(exp_dir, {
-            **meta, "name": space.name, "space_file": str(space_file) if space_file else None,
+            **ongoing, "name": space.name, "space_file": str(space_file) if space_file else None,
             "space": space.to_dict(), "data_path": data_path, "tracking_uri": uri,
             "experiment_id": exp_id, "parent_run_id": parent,
             "created": meta.get("created", time.strftime("%Y-%m-%dT%H:%M:%S")),
@@ -375,7 +380,8 @@ def _conclude(space: StudySpec, store: Any, exp_dir: Path, finished: int,
                  **tracked})
     write_study_meta(exp_dir, meta)
     store.push(space.name)
-    outcome.resume_command = resume_command(meta)
+    # a submitted study is resumed by `submit`, from the machine it was submitted from
+    outcome.resume_command = os.environ.get(SUBMIT_RESUME_ENV) or resume_command(meta)
     return outcome
 
 

@@ -137,8 +137,8 @@ def finish_tracking(tracker: Any, space: StudySpec, outcome: StudyOutcome,
                 "in the experiment's trash (tagged msdn_tune.status=lost, restorable), their "
                 "folders kept" + (f": {', '.join(folders)}" if folders else ""),
                 markup=False, soft_wrap=True)
-        if tracker.degraded:  # the tracker has printed its own single warning
-            problem = None
+        if tracker.degraded:  # the tracker has said why; what to do about it is said below
+            problem = "the tracking store failed during the study's wrap-up (warning above)"
         else:
             kept["tracking_complete"] = problem is None
     else:

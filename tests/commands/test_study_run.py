@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers.study import CLI, _run, _space
+from tests.helpers.study import STUDY_WAIT_S, _run, _space, driver, wait_for_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -95,22 +94,6 @@ def test_mlflow_has_parent_and_one_child_per_trial(study):
     assert "lr" in some.data.params
 
 
-# Generous: a study's first checkpoints took over 300 s on the 2-core machine with two CPU burners,
-# a CI run and a benchmark beside it; a driver that died ends the wait at once (proc.poll()).
-WAIT_S = 1200
-
-
-def _wait_for_checkpoints(proc, exp, n, deadline_s=WAIT_S):
-    deadline = time.time() + deadline_s
-    while time.time() < deadline:
-        if len(list(exp.glob("*/checkpoint_0*"))) >= n:
-            return
-        if proc.poll() is not None:
-            pytest.fail("driver ended before it could be interrupted: " + proc.stdout.read())
-        time.sleep(0.3)
-    pytest.fail("no checkpoints appeared")
-
-
 def _recorded(exp: Path) -> list[tuple[str, str, Path]]:
     """(trial id, Tune status, recorded checkpoint) of each trial whose latest checkpoint the
     study folder's experiment state names."""
@@ -124,7 +107,7 @@ def _recorded(exp: Path) -> list[tuple[str, str, Path]]:
     return out
 
 
-def _wait_for_a_recorded_checkpoint(proc, exp, deadline_s=WAIT_S):
+def _wait_for_a_recorded_checkpoint(proc, exp, deadline_s=STUDY_WAIT_S):
     """Until the driver's experiment state names a checkpoint of a trial still running.
 
     Once a trial has a recorded checkpoint every later state names one, so after the kill at
@@ -176,16 +159,14 @@ def test_interrupt_then_kill_then_resume(tmp_path, ray_address):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ["run", "--space", str(space), "--address", ray_address, "--tracking-uri", uri,
             "--num-samples", "6", "--max-concurrent", "2"]  # the file says 9 and 1
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     exp = tmp_path / "results" / "killed"
     elsewhere = tmp_path / "elsewhere"  # resumes run from another folder: no ./mlflow.db
     elsewhere.mkdir()
 
-    proc = subprocess.Popen(CLI + args, cwd=tmp_path, stdout=subprocess.PIPE, text=True,
-                            stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    _wait_for_checkpoints(proc, exp, 2)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=900)
+    with driver(args, cwd=tmp_path) as proc:
+        wait_for_checkpoints(proc, exp, 2)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 130, out[-3000:]
     assert "study incomplete" in out
     # the printed resume command carries every option the study was run with, and is run as is
@@ -195,13 +176,10 @@ def test_interrupt_then_kill_then_resume(tmp_path, ray_address):
         assert option in printed, printed
     assert shlex.split(printed)[:2] == ["msdn-tune", "run"]
 
-    proc = subprocess.Popen(CLI + shlex.split(printed)[1:], cwd=elsewhere,
-                            stdout=subprocess.PIPE, text=True, stderr=subprocess.STDOUT,
-                            start_new_session=True, env=env)
-    _wait_for_checkpoints(proc, exp, len(list(exp.glob("*/checkpoint_0*"))) + 2)
-    _wait_for_a_recorded_checkpoint(proc, exp)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    with driver(shlex.split(printed)[1:], cwd=elsewhere) as proc:
+        wait_for_checkpoints(proc, exp, len(list(exp.glob("*/checkpoint_0*"))) + 2)
+        _wait_for_a_recorded_checkpoint(proc, exp)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver's group, hard
     lost = _lose_recorded_checkpoint(exp)
 
     # `--resume` alone: the study remembers its options and its tracking store
@@ -240,19 +218,11 @@ def test_sigterm_stops_the_study_like_ctrl_c(tmp_path, ray_address):
     space = _space(tmp_path, "termed", num_samples=4, scheduler={"type": "none"},
                    fixed={"dataset": "synthetic", "epochs": 6, "device": "cpu"})
     exp = tmp_path / "results" / "termed"
-    proc = subprocess.Popen(CLI + ["run", "--space", str(space), "--address", ray_address,
-                                   "--no-tracking"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, text=True,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-    try:
-        _wait_for_checkpoints(proc, exp, 2)
+    args = ["run", "--space", str(space), "--address", ray_address, "--no-tracking"]
+    with driver(args, cwd=tmp_path) as proc:
+        wait_for_checkpoints(proc, exp, 2)
         proc.send_signal(signal.SIGTERM)  # the driver alone, as Ray's job supervisor does
         out, _ = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode == 130, out[-3000:]
     assert "SIGTERM received: stopping the study" in out and "study incomplete" in out
     assert "*** SIGTERM received at" not in out and "Traceback" not in out, out[-3000:]

@@ -4,13 +4,22 @@ subprocess, shared by the study tests."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import yaml
 
 CLI = [sys.executable, "-m", "msdn_tune.cli"]
+
+# Generous: a study's first checkpoints took over 300 s on the 2-core machine with two CPU burners,
+# a CI run and a benchmark beside it; a driver that died ends a wait at once (proc.poll()).
+STUDY_WAIT_S = 1200
 
 
 def _space(tmp: Path, name: str, **over) -> Path:
@@ -57,3 +66,41 @@ def small_doc(tmp: Path, **over) -> dict:
 def _run(args, env_extra=None, **kw):
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **(env_extra or {})}
     return subprocess.run(CLI + args, capture_output=True, text=True, env=env, **kw)
+
+
+@contextmanager
+def driver(args, cwd, env_extra=None) -> Iterator[subprocess.Popen]:
+    """`msdn-tune` as a study driver in a session of its own, output piped (stderr with stdout).
+
+    Whatever happens in the block, the driver's process group is gone after it: a driver left
+    running after a failed wait would keep the session's shared Ray head busy and slow or fail
+    every test after it.
+    """
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **(env_extra or {})}
+    proc = subprocess.Popen(CLI + args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True, env=env)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:  # the whole group ended meanwhile
+                pass
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def wait_for_checkpoints(proc: subprocess.Popen, exp: Path, n: int,
+                         deadline_s: float = STUDY_WAIT_S) -> None:
+    """Until the study folder `exp` holds `n` trial checkpoints; fails at once if the driver
+    ends first."""
+    deadline = time.time() + deadline_s
+    while time.time() < deadline:
+        if len(list(exp.glob("*/checkpoint_0*"))) >= n:
+            return
+        if proc.poll() is not None:
+            pytest.fail("driver ended before it could be interrupted: " + proc.stdout.read())
+        time.sleep(0.3)
+    pytest.fail("no checkpoints appeared")

@@ -14,6 +14,7 @@ run) and never logs an epoch a run already holds, so running it twice changes no
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any
 
 from mlflow.entities import Metric, Run, RunTag
 
+from msdn_tune.errors import TrackingError
 from msdn_tune.integrations.mlflow.params import (
     MAX_ERROR_TAG,
     METRICS_PER_BATCH,
@@ -32,6 +34,8 @@ from msdn_tune.integrations.mlflow.params import (
 )
 from msdn_tune.integrations.mlflow.runs import TRIAL_STATUSES, StudyTracker
 from msdn_tune.trials import TrialRow, result_metrics
+
+logger = logging.getLogger(__name__)
 
 #: Keys of a reported result that a trial's run logs besides `result_metrics`' prefixed ones.
 _COUNTERS = ("epoch", "epochs_total")
@@ -85,7 +89,12 @@ def reconcile_trials(tracker: StudyTracker, study: str, rows: Sequence[TrialRow]
         return done
     client, guard = tracker._client, tracker._guard  # one adapter: the tracker's own client
     runs: dict[str, Run] = {}
-    for child in tracker.child_runs():
+    try:  # a partial listing would make a second run for each trial it missed
+        children = tracker.child_runs(complete=True)
+    except TrackingError as exc:
+        logger.warning("tracking not reconciled: the trials' runs cannot be listed (%s)", exc)
+        return done
+    for child in children:
         runs.setdefault(child.data.tags.get("msdn_tune.trial_id", ""), child)
     for row in rows:
         if row.status not in TRIAL_STATUSES or guard.dead:
@@ -110,7 +119,9 @@ def reconcile_trials(tracker: StudyTracker, study: str, rows: Sequence[TrialRow]
             done.run_ids[row.trial_id] = run.info.run_id
             logged_through = 0
         else:
-            history = guard(client.get_metric_history, run.info.run_id, "epoch") or []
+            history = guard(client.get_metric_history, run.info.run_id, "epoch")
+            if history is None:  # not known what it holds: logging all would double epochs
+                continue
             logged_through = max((int(m.step) for m in history), default=0)
         run_id = run.info.run_id
         metrics, seen = [], set()

@@ -24,6 +24,7 @@ This package must not import Ray: the Tune layer imports it, not the other way r
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
@@ -215,14 +216,18 @@ class StudyTracker:
             strict(uri, c.log_artifact, run_id, str(space_file))
         return run_id
 
-    def child_runs(self) -> list[Run]:
-        """All (non-deleted) child runs of the parent, any status, oldest first."""
+    def child_runs(self, *, complete: bool = False) -> list[Run]:
+        """All (non-deleted) child runs of the parent, any status, oldest first.
+
+        `complete`: a listing that fails raises TrackingError instead of returning what was
+        listed so far (a caller that creates the runs it does not find must see them all).
+        """
         if self.parent_run_id is None:
             return []
         runs: list[Run] = []
         token = None
         while True:
-            page = self._guard(
+            page = (functools.partial(strict, self.uri) if complete else self._guard)(
                 self._client.search_runs,
                 [self.experiment_id],
                 filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",

@@ -13,3 +13,8 @@
 Importing this package imports nothing: each module is imported where it is needed, so that a
 command pays only for the Ray parts it uses.
 """
+
+#: Set by `submit` in a study job's environment: the `msdn-tune submit ... --resume` command that
+#: resumes the study from where it was submitted. The driver prints it instead of its own `run`
+#: command, whose space file and `--address auto` exist only inside the job.
+SUBMIT_RESUME_ENV = "MSDN_TUNE_RESUME_COMMAND"

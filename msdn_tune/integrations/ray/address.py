@@ -7,11 +7,13 @@ common slip) it can wait as long. A study must instead refuse a wrong address in
 line. So the address is probed first, with plain sockets: a TCP connection within a stated
 timeout, then the first bytes of HTTP/2, which a GCS (a gRPC server, as is Ray Client's
 `ray://` server) answers with a SETTINGS frame and an HTTP/1 server such as the dashboard does
-not.
+not. A cluster with TLS on (`RAY_USE_TLS=1`) expects a TLS handshake first: there only the TCP
+connection is checked.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 from urllib.parse import urlsplit
 
@@ -55,6 +57,8 @@ def probe_ray_address(address: str | None, timeout_s: float = PROBE_TIMEOUT_S) -
     what = f"--address {shorten(address)}"
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            if _ray_tls():
+                return
             sock.settimeout(timeout_s)
             sock.sendall(_PREFACE)
             head = _read(sock, 9)
@@ -71,6 +75,11 @@ def probe_ray_address(address: str | None, timeout_s: float = PROBE_TIMEOUT_S) -
             f"{what}: something answers there but it is not a Ray cluster's GCS (no gRPC); "
             "give the GCS address `ray start --head` printed (port 6379 by default), not the "
             "dashboard's (8265)")
+
+
+def _ray_tls() -> bool:
+    """Whether Ray's gRPC connections use TLS here (Ray reads RAY_USE_TLS as 0 or 1)."""
+    return os.environ.get("RAY_USE_TLS", "0").strip().lower() in ("1", "true")
 
 
 def _read(sock: socket.socket, n: int) -> bytes:

@@ -27,6 +27,7 @@ from ray.exceptions import AuthenticationError
 from ray.job_submission import JobSubmissionClient
 
 from msdn_tune.errors import ClusterError
+from msdn_tune.integrations.ray import SUBMIT_RESUME_ENV
 from msdn_tune.integrations.ray.storage import (
     DEFAULT_EXCLUDES,
     UploadReport,
@@ -195,6 +196,30 @@ class JobPlan:
     warnings: list[str]
 
 
+def _resume_submit(space_path: Path, name: str, *, address: str | None, storage: str,
+                   uri: str | None, tracking: bool, working_dir: Path | None,
+                   num_samples: int | None, max_concurrent: int | None, storage_shared: bool,
+                   pip: Sequence[str], excludes: Sequence[str]) -> str:
+    """The `submit` command that resumes this study from the submitting machine: the job's own
+    `run` command names a copy of the space file in the job's temporary folder."""
+    parts = ["msdn-tune", "submit", "--space", str(space_path)]
+    if address:
+        parts += ["--address", address]
+    parts += ["--name", name, "--storage-path", storage]
+    for flag, value in (("--num-samples", num_samples), ("--max-concurrent", max_concurrent),
+                        ("--tracking-uri", uri), ("--working-dir", working_dir)):
+        if value is not None:
+            parts += [flag, str(value)]
+    if not tracking:
+        parts.append("--no-tracking")
+    if storage_shared:
+        parts.append("--storage-shared")
+    for flag, values in (("--pip", pip), ("--exclude", excludes)):
+        for value in values:
+            parts += [flag, value]
+    return shlex.join(parts + ["--resume"])
+
+
 def plan_job(
     space_file: str | Path,
     *,
@@ -211,6 +236,7 @@ def plan_job(
     pip: Sequence[str] = (),
     excludes: Sequence[str] = (),
     submission_id: str | None = None,
+    address: str | None = None,
 ) -> JobPlan:
     """Validate a study locally and build its Ray Job: entrypoint, runtime_env, id.
 
@@ -278,7 +304,12 @@ def plan_job(
     # PYTHONUNBUFFERED: the driver's output reaches `submit`'s log tail as it is printed.
     # RAY_JOB_STOP_WAIT_TIME_S: `jobs stop` sends SIGTERM, on which the driver stops Tune and
     # saves the study (tuner.sigterm_stops_tune); Ray's 3 s default would SIGKILL it first.
-    env_vars = {"PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S)}
+    env_vars = {"PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S),
+                SUBMIT_RESUME_ENV: _resume_submit(
+                    space_path, space.name, address=address, storage=storage, uri=uri,
+                    tracking=tracking, working_dir=wd if working_dir else None,
+                    num_samples=num_samples, max_concurrent=max_concurrent,
+                    storage_shared=storage_shared, pip=pip, excludes=excludes)}
     if uri:
         env_vars["MLFLOW_TRACKING_URI"] = uri
     for key in ("RAY_AUTH_MODE", "MLFLOW_DISABLE_TELEMETRY"):

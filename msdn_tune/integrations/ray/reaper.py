@@ -34,9 +34,11 @@ for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
 
 
 def started(pid):
+    # start time (with the PID, the identity), None once exited: a zombie has exited, unreaped
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
+            fields = f.read().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else fields[19]
     except (OSError, IndexError):
         return None
 
@@ -56,6 +58,7 @@ def descendants():
         for child in children.get(todo.pop(), ()):
             found.add(child)
             todo.append(child)
+    found.discard(os.getpid())  # this watcher is the driver's child too: never its own target
     return found
 
 

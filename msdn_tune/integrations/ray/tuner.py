@@ -28,6 +28,8 @@ from msdn_tune.trials import TrialRow
 
 # Loggers: TUNE_DISABLE_AUTO_CALLBACK_LOGGERS, see `tune_loggers`.
 _AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+MAX_FAILURES = 2
+"""Restarts a trial gets after its worker or node fails; its next failure records it failed."""
 
 
 def init_ray(address: str | None) -> bool:
@@ -142,7 +144,7 @@ def build_tuner(space: StudySpec, static: Any, *, exp_dir: Path, resume: bool,
         run_config=tune.RunConfig(
             name=space.name, storage_path=ray_storage or str(exp_dir.parent),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
-            failure_config=tune.FailureConfig(max_failures=2),
+            failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
             # Tune's CSV and JSON loggers by name, so that `fit` can leave out its default
             # TensorBoard logger (see `tune_loggers`).
             callbacks=[StudyProgress(space.num_samples, metrics[0], modes[0]),
@@ -174,10 +176,11 @@ class _TrialFailureLine(logging.Filter):
         message = record.getMessage()
         if message.startswith("Trial task failed for trial") and record.exc_info:
             exc = record.exc_info[1]
-            first = str(exc).strip().splitlines()[0] if exc is not None and str(exc) else ""
+            first = (str(exc).strip().splitlines() or [""])[0] if exc is not None else ""
             trial = message.rsplit(" ", 1)[-1]
             record.msg = (f"{trial}: {type(exc).__name__}: {first[:200]}; Tune restarts it from "
-                          "its last checkpoint (a trial that fails 3 times is recorded failed)")
+                          f"its last checkpoint, unless this was its failure number "
+                          f"{MAX_FAILURES + 1} (then it is recorded failed)")
             record.args = ()
             record.exc_info = None
             record.exc_text = None
@@ -216,6 +219,11 @@ def sigterm_stops_tune() -> Iterator[None]:
     def stop(signum: int, frame: Any) -> None:
         print("SIGTERM received: stopping the study as Ctrl-C would; it stays resumable",
               file=sys.stderr, flush=True)
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            # Tune sets its SIGUSR1 handler only once its run loop starts (after restoring the
+            # experiment and setting up the searcher; ray 2.60.0): before that, SIGUSR1's default
+            # action would kill the driver. Stop as Ctrl-C does at that point.
+            raise KeyboardInterrupt
         signal.raise_signal(signal.SIGUSR1)
 
     before = signal.signal(signal.SIGTERM, stop)

@@ -87,3 +87,37 @@ def test_missing_runs_epochs_and_outcomes_are_written_once(tmp_path):
     assert _steps(client, a) == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0)]
     children = tracker.child_runs()
     assert sorted(r.data.tags["msdn_tune.trial_id"] for r in children) == ["a", "b", "c", "d"]
+
+
+def test_a_store_that_cannot_list_or_read_a_run_gets_nothing_twice(tmp_path, monkeypatch):
+    """A listing that fails (a rejected or dropped request) must not be read as "no runs": each
+    trial would get a second run. A run whose history cannot be read is left alone, not given
+    every epoch again."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = StudyTracker(uri, "study")
+    tracker.start("study", resolved_config={"name": "study"}, search_settings={})
+    client = MlflowClient(uri)
+    tt = TrialTracker(uri, tracker.experiment_id, tracker.parent_run_id or "", trial_id="a",
+                      trial_name="msdn_trial_a", study="study", params={"lr": 0.001})
+    tt.log_epoch(epoch_metrics(_result("a", 1, 0.1)), 1)
+    assert tt.flush(30)
+    rows = [_row("a", "completed", 2), _row("b", "completed", 1)]
+    results = {"a": [_result("a", e, e / 10) for e in (1, 2)], "b": [_result("b", 1, 0.1)]}
+    params = {t: {"lr": 0.001} for t in "ab"}
+
+    def refused(*args, **kwargs):
+        raise MlflowException("request rejected", error_code=INVALID_PARAMETER_VALUE)
+
+    with monkeypatch.context() as m:
+        m.setattr(tracker._client, "search_runs", refused)
+        done = reconcile_trials(tracker, "study", rows, results, params)
+    assert not done.created and not done.closed and done.epochs == 0
+    with monkeypatch.context() as m:
+        m.setattr(tracker._client, "get_metric_history", refused)
+        done = reconcile_trials(tracker, "study", rows, results, params)
+    assert done.created == ["b"] and "a" not in done.closed  # a: left as it was
+    assert _steps(client, tt.run_id) == [(1, 1.0)]
+    assert len(tracker.child_runs()) == 2

@@ -29,7 +29,7 @@ from msdn_tune.integrations.mlflow.store import ensure_experiment
 from msdn_tune.integrations.mlflow.ui import start_ui, stop_ui, wait_ui
 from msdn_tune.train.config import TrainConfig
 from tests.helpers.raynodes import free_port, pids_matching, stop_by_marker
-from tests.helpers.study import CLI, _run, _space
+from tests.helpers.study import CLI, STUDY_WAIT_S, _run, _space, driver, wait_for_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,8 @@ def _trial_space(tmp: Path, name: str, **over) -> Path:
     return _space(tmp, name, **doc)
 
 
-def _kill_one_trial_worker(proc: subprocess.Popen, exp: Path, deadline_s: float = 300) -> str:
+def _kill_one_trial_worker(proc: subprocess.Popen, exp: Path,
+                           deadline_s: float = STUDY_WAIT_S) -> str:
     """SIGKILL the Ray worker process of a trial that has persisted its first checkpoint but not
     its second (so it is mid-way through epoch 2); returns its trial id.
 
@@ -136,22 +137,9 @@ def main_study(server, ray_address, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("srv_study")
     space = _trial_space(tmp, "srv")
     args = ["run", "--space", str(space), "--address", ray_address, "--tracking-uri", server.url]
-    proc = subprocess.Popen(
-        CLI + args,
-        cwd=tmp,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=ENV,
-        start_new_session=True,
-    )
-    try:
+    with driver(args, cwd=tmp) as proc:
         killed = _kill_one_trial_worker(proc, tmp / "results" / "srv")
         out, _ = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode == 0, out[-4000:]
     rows = pq.read_table(tmp / "results" / "srv" / "trials.parquet").to_pylist()
     client = MlflowClient(server.url)
@@ -354,26 +342,12 @@ def test_a_server_that_goes_away_does_not_fail_the_study(tmp_path, ray_address):
     space = _trial_space(tmp_path, "doomed", num_samples=3)
     exp = tmp_path / "results" / "doomed"
     args = ["run", "--space", str(space), "--address", ray_address, "--tracking-uri", srv.url]
-    proc = subprocess.Popen(
-        CLI + args,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=ENV,
-        start_new_session=True,
-    )
     try:
-        deadline = time.time() + 300
-        while not list(exp.glob("*/checkpoint_0*")):
-            assert proc.poll() is None and time.time() < deadline, "no checkpoint appeared"
-            time.sleep(0.1)
-        srv.stop(kill=True)  # mid-study, abruptly: trials are running and reporting
-        out, _ = proc.communicate(timeout=600)
+        with driver(args, cwd=tmp_path) as proc:
+            wait_for_checkpoints(proc, exp, 1)
+            srv.stop(kill=True)  # mid-study, abruptly: trials are running and reporting
+            out, _ = proc.communicate(timeout=600)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
         if srv.proc.poll() is None:
             srv.stop()
     assert proc.returncode == 0, out[-4000:]

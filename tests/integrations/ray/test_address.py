@@ -59,6 +59,18 @@ def test_an_http_server_such_as_the_dashboard_is_not_a_gcs():
         server.server_close()
 
 
+def test_with_ray_tls_on_only_the_connection_is_checked(monkeypatch):
+    """A TLS GCS expects a handshake, not HTTP/2 in the clear: a listener is enough there, and
+    nothing listening is still refused."""
+    monkeypatch.setenv("RAY_USE_TLS", "1")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        probe_ray_address(f"127.0.0.1:{server.getsockname()[1]}", timeout_s=0.5)
+    with pytest.raises(ClusterError, match="cannot connect"):
+        probe_ray_address(f"127.0.0.1:{free_port()}")
+
+
 def test_run_with_an_address_where_nothing_listens_is_one_line_and_exit_2(tmp_path):
     space = _space(tmp_path, "unreached", num_samples=1)
     address = f"127.0.0.1:{free_port()}"

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -272,6 +273,9 @@ def test_submit_study_as_ray_job_with_token_auth(tmp_path):
         assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-3000:]
         assert "SUCCEEDED" in res.stdout
         assert "no restorable study yet, starting it" in res.stdout  # logs were followed
+        # the job's driver offers `submit ... --resume` from here, not its own `run` command
+        resume = next(ln for ln in res.stdout.splitlines() if "resume:" in ln)
+        assert f"msdn-tune submit --space {space.resolve()} --address {address}" in resume, resume
 
         rows = pq.read_table(tmp_path / "results" / "job" / "trials.parquet").to_pylist()
         assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
@@ -340,6 +344,7 @@ def test_plan_job_builds_the_entrypoint_and_runtime_env(tmp_path, monkeypatch):
         num_samples=5,
         resume_if_exists=True,
         pip=["msdn-tune==0.1.0"],
+        address="http://head:8265",
     )
     assert plan.entrypoint.split() == [
         "python",
@@ -366,6 +371,14 @@ def test_plan_job_builds_the_entrypoint_and_runtime_env(tmp_path, monkeypatch):
     assert env["pip"]["packages"] == ["msdn-tune==0.1.0"]
     assert plan.submission_id.startswith("msdn-plan-") and plan.warnings == []
     assert plan.metadata["msdn_tune.study"] == "plan"
+    # the job's driver prints this resume command: the submitter's file and cluster, not the
+    # copy in the job's temporary folder and `--address auto`
+    assert shlex.split(env["env_vars"]["MSDN_TUNE_RESUME_COMMAND"]) == [
+        "msdn-tune", "submit", "--space", str(root / "spaces" / "plan.yaml"),
+        "--address", "http://head:8265", "--name", "plan",
+        "--storage-path", "s3://bucket/studies", "--num-samples", "5",
+        "--tracking-uri", "http://head:5000", "--working-dir", str(root),
+        "--pip", "msdn-tune==0.1.0", "--resume"]
 
     bad = [
         (dict(working_dir=tmp_path / "elsewhere"), "outside the working directory"),

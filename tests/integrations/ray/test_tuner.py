@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from msdn_tune.integrations.ray.tuner import asha_scheduler, tune_loggers
 from msdn_tune.space import parse_space
 from tests.helpers.study import small_doc
@@ -49,8 +51,39 @@ def test_a_failed_trial_task_is_one_line_without_the_traceback():
     assert _TrialFailureLine().filter(record)
     assert record.getMessage() == (
         "msdn_trial_abc: RuntimeError: The actor is temporarily unavailable: Socket closed; "
-        "Tune restarts it from its last checkpoint (a trial that fails 3 times is recorded "
-        "failed)")
+        "Tune restarts it from its last checkpoint, unless this was its failure number 3 "
+        "(then it is recorded failed)")
     assert record.exc_info is None
+    try:  # an error whose message is only white space is still one line, never an IndexError
+        raise RuntimeError("  \n ")
+    except RuntimeError:
+        blank = logging.LogRecord("ray.tune.execution.tune_controller", logging.ERROR, "f", 1,
+                                  "Trial task failed for trial %s", ("msdn_trial_b",),
+                                  sys.exc_info())
+    assert _TrialFailureLine().filter(blank)
+    assert blank.getMessage().startswith("msdn_trial_b: RuntimeError: ; Tune restarts it")
     other = logging.LogRecord("x", logging.ERROR, "f", 1, "something else", (), exc_info)
     assert _TrialFailureLine().filter(other) and other.exc_info is exc_info  # left alone
+
+
+def test_sigterm_before_tune_handles_its_stop_signal_stops_like_ctrl_c():
+    """Tune sets its SIGUSR1 handler only once its run loop starts: a SIGTERM before that is a
+    KeyboardInterrupt (the study ends as on Ctrl-C), never SIGUSR1's default action, which
+    would kill the driver on the spot."""
+    import signal
+
+    from msdn_tune.integrations.ray.tuner import sigterm_stops_tune
+
+    usr1 = signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    term = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(KeyboardInterrupt), sigterm_stops_tune():
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is term  # restored
+        got = []
+        signal.signal(signal.SIGUSR1, lambda *_: got.append(1))  # as Tune's, once it runs
+        with sigterm_stops_tune():
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert got == [1]
+    finally:
+        signal.signal(signal.SIGUSR1, usr1)
