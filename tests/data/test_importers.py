@@ -614,6 +614,7 @@ def _driver(tmp_path, **args):
     )
 
 
+@pytest.mark.slow  # imports a file larger than a chunk to measure memory
 def test_import_memory_stays_bounded_on_a_file_larger_than_a_chunk(tmp_path):
     n, channels, grid = 256, 2048, (14, 14)  # 411 MB of float32 feature maps
     b = make_bench(n_classes=16, n_unseen=4, per_class=16)
@@ -639,6 +640,7 @@ def test_import_memory_stays_bounded_on_a_file_larger_than_a_chunk(tmp_path):
         np.testing.assert_allclose(row, (block[-1] + 224).reshape(channels, -1), rtol=1e-3)
 
 
+@pytest.mark.slow  # an import killed mid-way, then resumed, in subprocesses
 def test_resume_after_kill_gives_the_same_store(tmp_path, bench):
     src = tmp_path / "in.hdf5"
     make_hdf5(src, bench)

@@ -194,6 +194,7 @@ def _agreement(validator: jsonschema.Draft202012Validator, doc: Any) -> None:
 _SCHEMA_VALIDATOR = jsonschema.Draft202012Validator(json_schema())
 
 
+@pytest.mark.slow  # 300 generated documents; the two checks above stay in the fast tier
 @settings(max_examples=300, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(doc=mutated(schema_values))

@@ -89,6 +89,7 @@ def test_champion_alias_logic_and_loading(sqlite_uri):
         load_model("models:/msdn-nope@champion", tracking_uri=sqlite_uri)
 
 
+@pytest.mark.slow  # a real server or Ray head: the fast tier starts none
 def test_champion_through_the_server(server):
     exp = ensure_experiment(server, "champions-server")
     model = _tiny_msdn().eval()

@@ -48,6 +48,7 @@ def test_unreachable_store_study_is_strict_trial_is_not(caplog):
 
 
 
+@pytest.mark.slow  # a real server: the fast tier starts none
 def test_parent_children_metrics_params_statuses_on_server(server, tmp_path):
     check_tracking(server)
     st, parent = _study(server, "study-server", tmp_path)
@@ -154,6 +155,7 @@ def test_resume_closes_stale_children_and_continues_runs(sqlite_uri, tmp_path):
     assert client.get_run(parent).info.status == "FINISHED"
 
 
+@pytest.mark.slow  # waits out the trial tracker's retries against a dead server (13 s)
 def test_trial_survives_a_dead_server(tmp_path, caplog):
     srv = MlflowServer(tmp_path / "doomed")
     try:

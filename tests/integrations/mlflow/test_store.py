@@ -129,6 +129,7 @@ def _experiment_tags(server: str, experiment_id: str) -> dict[str, str]:
     return {t["key"]: t["value"] for t in experiment.get("tags", [])}
 
 
+@pytest.mark.slow  # a real server or Ray head: the fast tier starts none
 def test_a_study_experiment_is_marked_model_training_new_or_reused(server):
     """The UI's experiment-kind tag: set on a new experiment, added to a reused (or restored)
     one that lacks it, and a kind someone chose is kept."""

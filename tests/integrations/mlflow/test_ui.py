@@ -63,6 +63,7 @@ def _processes_with(text: str) -> list[int]:
     return pids
 
 
+@pytest.mark.slow  # a real server or Ray head: the fast tier starts none
 def test_cli_ui_serves_until_ctrl_c(tmp_path):
     port = free_port()
     cmd = [sys.executable, "-m", "msdn_tune.cli", "ui", "--tracking-uri", "sqlite:///ui.db"]
@@ -103,6 +104,7 @@ def _study(uri: str, name: str, experiment: str | None = None, *, parent: str | 
     return tracker
 
 
+@pytest.mark.slow  # a real server or Ray head: the fast tier starts none
 def test_cli_ui_names_the_latest_studys_runs_and_champion(server):
     """`msdn-tune ui` on a tracking server: the runs table of the study that started or ended
     last, and the champion of its benchmark, as addresses on that server."""

@@ -28,6 +28,7 @@ def test_address_forms():
             host_port(bad)
 
 
+@pytest.mark.slow  # a real server or Ray head: the fast tier starts none
 def test_the_sessions_ray_head_passes(ray_address):
     probe_ray_address(ray_address)
     probe_ray_address(None)  # the local Ray a study starts itself: nothing to probe

@@ -181,6 +181,7 @@ def test_a_storage_path_ray_could_not_write_is_refused_in_one_line(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
+@pytest.mark.slow  # pyarrow's S3 client retries a refused connection for about 6 s
 def test_a_storage_uri_that_does_not_answer_is_refused_before_ray_starts():
     """An S3 endpoint where nothing listens (pyarrow retries for seconds), and one that accepts
     but never answers (pyarrow would wait much longer): one line each, within the stated
