@@ -27,6 +27,7 @@ from typing import Any
 from rich.console import Console
 
 from msdn_tune import outdir
+from msdn_tune.commands.wrapup import StudyOutcome, finish_tracking
 from msdn_tune.errors import ConfigError, MsdnTuneError, TrackingError
 from msdn_tune.integrations.mlflow import StudyTracker, check_tracking, log_files
 from msdn_tune.integrations.optuna import optuna_study, study_plots
@@ -152,9 +153,6 @@ def catch_up_tracking(report: Report, console: Console) -> bool:
     model of a complete study, and the parent run closed. Raises TrackingError when the store
     still does not answer.
     """
-    # the wrap-up imports torch and Ray's adapters: only when there is something to do
-    from msdn_tune.commands.wrapup import StudyOutcome, finish_tracking
-
     meta = read_study_meta(report.study)
     if meta.get("tracking_complete") is not False or not report.tracking_uri \
             or not report.parent_run_id:
