@@ -90,6 +90,7 @@ def _ray(*args: str) -> None:
     ray = Path(sys.executable).parent / "ray"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.setdefault("RAY_AUTH_MODE", "disabled")
+    env.setdefault("RAY_worker_niceness", "0")  # trials are the work (see cluster/README.md)
     subprocess.run([str(ray if ray.exists() else "ray"), *args], check=True, env=env,
                    stdout=subprocess.DEVNULL, timeout=180)
 

@@ -27,7 +27,9 @@ def ray_env() -> dict[str, str]:
     """Environment for ray processes: our venv first on PATH, no token auth, no usage stats."""
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    # Trial workers at the tests' own priority, as a study's own Ray runs them
+    # (integrations/ray/tuner.TRIAL_NICENESS): Ray's default 15 starves them under load.
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", RAY_worker_niceness="0")
     return env
 
 
