@@ -178,7 +178,15 @@ def main() -> None:
     if args.command == "env":
         print(exports(state), end="")
     elif args.command == "kill-node":
-        pids = signal_marked(state["nodes"][args.node], signal.SIGKILL)
+        marker = state["nodes"][args.node]
+        pids = signal_marked(marker, signal.SIGKILL)
+        # SIGKILL is delivered, not yet done: "killed" is said once the processes are gone
+        # (a process the node spawned in the meantime is killed too)
+        deadline = time.time() + 30
+        while pids_matching(marker) and time.time() < deadline:
+            pids += signal_marked(marker, signal.SIGKILL)
+            time.sleep(0.1)
+        pids = sorted(set(pids))
         print(f"node {args.node}: killed {len(pids)} processes ({' '.join(map(str, pids))})")
     else:
         stop(state)
