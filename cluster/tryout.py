@@ -146,12 +146,17 @@ def stop(state: dict) -> None:
         stop_marked(state["nodes"][name])
     pid = state.get("mlflow_pid")
     if pid:
-        try:
+        try:  # SIGTERM, 15 s to exit, then SIGKILL; returns once the whole group is gone
             os.killpg(pid, signal.SIGTERM)
-            for _ in range(50):
+            deadline = time.time() + 15
+            while time.time() < deadline:
                 os.killpg(pid, 0)
                 time.sleep(0.1)
             os.killpg(pid, signal.SIGKILL)
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                os.killpg(pid, 0)
+                time.sleep(0.1)
         except ProcessLookupError:
             pass
     shutil.rmtree(state["root"], ignore_errors=True)
