@@ -140,6 +140,18 @@ def exports(state: dict) -> str:
             f"stop it with: python cluster/tryout.py stop'\n")
 
 
+def _group_ends(pgid: int, timeout: float) -> bool:
+    """Whether process group `pgid` is gone within `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def stop(state: dict) -> None:
     """Stop the workers, the head and the MLflow server of this try-out only."""
     for name in (*WORKERS, "head"):
@@ -148,15 +160,9 @@ def stop(state: dict) -> None:
     if pid:
         try:  # SIGTERM, 15 s to exit, then SIGKILL; returns once the whole group is gone
             os.killpg(pid, signal.SIGTERM)
-            deadline = time.time() + 15
-            while time.time() < deadline:
-                os.killpg(pid, 0)
-                time.sleep(0.1)
-            os.killpg(pid, signal.SIGKILL)
-            deadline = time.time() + 30
-            while time.time() < deadline:
-                os.killpg(pid, 0)
-                time.sleep(0.1)
+            if not _group_ends(pid, 15):
+                os.killpg(pid, signal.SIGKILL)
+                _group_ends(pid, 30)
         except ProcessLookupError:
             pass
     shutil.rmtree(state["root"], ignore_errors=True)
