@@ -122,6 +122,31 @@ def _wait_for_a_recorded_checkpoint(proc, exp, deadline_s=STUDY_WAIT_S):
     pytest.fail("the experiment state never named a running trial's checkpoint")
 
 
+def _trial_actors() -> list[int]:
+    """PIDs of Ray Tune function-trial actors on this host (their process title)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if title.startswith(b"ray::ImplicitFunc"):
+                pids.append(int(entry.name))
+    return pids
+
+
+def _wait_for_trials_to_end(deadline_s=STUDY_WAIT_S) -> None:
+    """Until Ray has ended the killed driver's trials. Until then a trial may still be writing
+    its next checkpoint into the folder that `_lose_recorded_checkpoint` edits (CI once saw that
+    folder half-written, so the repair had nothing readable to restore from)."""
+    deadline = time.time() + deadline_s
+    while _trial_actors():
+        if time.time() > deadline:
+            pytest.fail(f"trials of the killed driver still running: {_trial_actors()}")
+        time.sleep(0.3)
+
+
 def _lose_recorded_checkpoint(exp: Path) -> str:
     """Make the race a killed driver can leave: the checkpoint Tune's state names is gone (Tune
     deleted it for num_to_keep) and a newer one exists in the trial's folder (written by the
@@ -132,13 +157,16 @@ def _lose_recorded_checkpoint(exp: Path) -> str:
 
     from msdn_tune.integrations.ray.experiment import recorded_checkpoints, trial_states
 
-    candidates = sorted(_recorded(exp), key=lambda r: r[1] == "TERMINATED")
-    assert candidates, "no trial has a recorded checkpoint after the kill"
+    # a trial whose recorded checkpoint is still there (it is the newer copy's source), an
+    # unfinished one first
+    candidates = sorted((r for r in _recorded(exp) if r[2].exists()),
+                        key=lambda r: r[1] == "TERMINATED")
+    assert candidates, "no trial has a recorded checkpoint on disk after the kill"
     trial_id, _, recorded = candidates[0]
-    if recorded.exists():  # else the race happened by itself
-        newer = recorded.with_name(f"checkpoint_{int(recorded.name[11:]) + 1:06d}")
-        if not newer.exists():
-            shutil.copytree(recorded, newer)
+    # the newer one is always a complete copy: a folder the kill left half-written is replaced
+    newer = recorded.with_name(f"checkpoint_{int(recorded.name[11:]) + 1:06d}")
+    shutil.rmtree(newer, ignore_errors=True)
+    shutil.copytree(recorded, newer)
     # Tune deleted every checkpoint the state still counts as kept, as it does when the trial
     # registers num_to_keep newer ones before the driver's next snapshot
     for config, meta in trial_states(exp):
@@ -180,6 +208,7 @@ def test_interrupt_then_kill_then_resume(tmp_path, ray_address):
         wait_for_checkpoints(proc, exp, len(list(exp.glob("*/checkpoint_0*"))) + 2)
         _wait_for_a_recorded_checkpoint(proc, exp)
         os.killpg(proc.pid, signal.SIGKILL)  # the driver's group, hard
+    _wait_for_trials_to_end()
     lost = _lose_recorded_checkpoint(exp)
 
     # `--resume` alone: the study remembers its options and its tracking store
