@@ -23,10 +23,26 @@ import pyarrow.parquet as pq
 from msdn_tune.errors import MsdnTuneError
 from msdn_tune.safeload import load_json, shorten
 from msdn_tune.space import StudySpec, parse_space
+from msdn_tune.train.config import MAX_SEED
 
 STUDY_FILE = "msdn_study.json"
 TRIALS_FILE = "trials.parquet"
+CONFIRM_DIR = "confirm"
+"""The confirmation stage's own Tune experiment, a folder inside the study folder."""
 _METRIC_PREFIXES = ("train/", "val/", "best/", "test/", "eval/", "time/")
+SEARCH, CONFIRM = "search", "confirm"
+"""A trial's stage: proposed by the search, or re-run by the confirmation stage."""
+
+
+def stage_tags(stage: str, source_trial_id: str | None = None,
+               seed: int | None = None) -> dict[str, str]:
+    """The MLflow tags that say a trial run's stage (and, for a confirmation run, which search
+    trial it re-runs with which seed): the UI filters on them (`tags.msdn_tune.stage`)."""
+    tags = {"msdn_tune.stage": stage}
+    if stage == CONFIRM:
+        tags.update({"msdn_tune.source_trial_id": str(source_trial_id),
+                     "msdn_tune.seed": str(seed)})
+    return tags
 
 
 def trial_outcome(result: dict[str, Any] | None, error: bool = False) -> str:
@@ -53,10 +69,19 @@ class TrialRow:
     error: str | None
     checkpoint: str | None
     mlflow_run_id: str | None
+    stage: str = SEARCH
+    """`search`, or `confirm` for a re-run of a search trial's configuration with a fresh seed."""
+    source_trial_id: str | None = None
+    """The search trial a confirmation trial re-runs (None for a search trial)."""
+    seed: int | None = None
+    """A confirmation trial's training seed (search trials train with the study's own)."""
 
     def as_record(self) -> dict[str, Any]:
         rec: dict[str, Any] = {"trial_id": self.trial_id, "status": self.status,
+                               "stage": self.stage,
                                "epochs_run": self.epochs_run, "epochs_total": self.epochs_total}
+        if self.stage == CONFIRM:
+            rec.update({"source_trial_id": self.source_trial_id, "seed": self.seed})
         rec.update(self.params)
         rec.update(self.metrics)
         rec.update({"error": self.error, "checkpoint": self.checkpoint,
@@ -72,7 +97,7 @@ META_TYPES: dict[str, type] = {
     "name": str, "space_file": str, "space": dict, "data_path": str, "tracking_uri": str,
     "experiment_id": str, "parent_run_id": str, "created": str, "command": str,
     "complete": bool, "wall_s": float, "storage_path": str, "options": dict,
-    "tracking_complete": bool, "champion": dict,
+    "tracking_complete": bool, "champion": dict, "confirm": dict,
 }
 _JSON_NAMES = {str: "a string", dict: "an object", bool: "true or false", float: "a number"}
 
@@ -235,10 +260,11 @@ def write_parquet(rows: list[TrialRow], out: str | Path) -> Path:
 def best_trials(rows: list[TrialRow], objectives: list[tuple[str, str]]) -> list[TrialRow]:
     """Best completed trial (single objective) or the Pareto front (several).
 
-    Only trials that ran to the end count: an early-stopped trial's value is a low-fidelity
-    estimate and would make the comparison meaningless.
+    Only search trials that ran to the end count: an early-stopped trial's value is a
+    low-fidelity estimate and would make the comparison meaningless (confirmation trials are
+    ranked by :func:`confirmed_ranking`).
     """
-    done = [r for r in rows if r.status == "completed"
+    done = [r for r in rows if r.status == "completed" and r.stage == SEARCH
             and all(_finite(r.metrics.get(m)) for m, _ in objectives)]
     if not done:
         return []
@@ -273,3 +299,82 @@ def _finite_number(value: object) -> bool:
 
 def _finite(v: float | None) -> bool:
     return v is not None and math.isfinite(v)
+
+
+@dataclass
+class Confirmed:
+    """One search configuration as the confirmation stage measured it: its fresh-seed runs."""
+
+    source: TrialRow
+    """The search trial whose configuration was re-run."""
+    runs: list[TrialRow]
+    """Its completed confirmation trials, one per seed."""
+    metric: str
+    mean: float
+    sd: float
+    """Sample standard deviation over the seeds (0.0 with one seed)."""
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    def best_run(self, mode: str) -> TrialRow:
+        """The seed whose model is kept (the configuration itself is chosen by the mean)."""
+        return (max if mode == "max" else min)(self.runs, key=lambda r: r.metrics[self.metric])
+
+
+def top_configurations(rows: list[TrialRow], metric: str, mode: str, k: int) -> list[TrialRow]:
+    """The `k` best completed search trials by `metric`, best first: what a confirmation stage
+    re-runs. Only completed trials compete, as in :func:`best_trials`."""
+    done = [r for r in rows if r.status == "completed" and r.stage == SEARCH
+            and _finite(r.metrics.get(metric))]
+    done.sort(key=lambda r: r.metrics[metric], reverse=mode == "max")
+    return done[:k]
+
+
+def confirmed_ranking(rows: list[TrialRow], metric: str, mode: str) -> list[Confirmed]:
+    """The confirmed configurations, best mean first.
+
+    The mean is over the fresh-seed runs only. The search trial's own score is left out: it was
+    selected for being high, so it is biased upwards by the seed's luck (the very bias that the
+    confirmation stage exists to remove). A configuration none of whose runs completed is left
+    out; one with fewer completed runs than seeds is ranked on those it has (`n` says how many).
+    """
+    by_id = {r.trial_id: r for r in rows if r.stage == SEARCH}
+    runs: dict[str, list[TrialRow]] = {}
+    for r in rows:
+        if (r.stage == CONFIRM and r.status == "completed" and r.source_trial_id in by_id
+                and _finite(r.metrics.get(metric))):
+            runs.setdefault(str(r.source_trial_id), []).append(r)
+    out = []
+    for source_id, group in runs.items():
+        values = [r.metrics[metric] for r in group]
+        mean = sum(values) / len(values)
+        sd = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+              if len(values) > 1 else 0.0)
+        out.append(Confirmed(by_id[source_id], sorted(group, key=lambda r: r.seed or 0), metric,
+                             mean, sd))
+    out.sort(key=lambda c: c.mean, reverse=mode == "max")
+    return out
+
+
+def recommendation(rows: list[TrialRow], objectives: list[tuple[str, str]]
+                   ) -> tuple[list[TrialRow], list[Confirmed]]:
+    """What a study recommends: (best rows, confirmed ranking).
+
+    With confirmation results (single objective), the configuration with the best mean over its
+    fresh seeds wins, and its best seed's run is the row returned (its model is the one kept);
+    otherwise the best completed search trial, or the Pareto front.
+    """
+    if len(objectives) == 1 and any(r.stage == CONFIRM for r in rows):
+        metric, mode = objectives[0]
+        ranked = confirmed_ranking(rows, metric, mode)
+        if ranked:
+            return [ranked[0].best_run(mode)], ranked
+    return best_trials(rows, objectives), []
+
+
+def confirm_seeds(study_seed: int, n: int) -> list[int]:
+    """The fresh seeds of a confirmation stage: the study's training seed + 1, ..., + n (in the
+    seed range), never the seed the search trials trained with."""
+    return [(study_seed + i) % (MAX_SEED + 1) for i in range(1, n + 1)]

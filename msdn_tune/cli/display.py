@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from msdn_tune.console import human_bytes
-from msdn_tune.trials import TRIALS_FILE, TrialRow
+from msdn_tune.trials import CONFIRM, TRIALS_FILE, Confirmed, TrialRow
 
 if TYPE_CHECKING:
     from msdn_tune.commands.checkpoints import ImportResult as CheckpointImport
@@ -44,14 +44,32 @@ def trials_rich_table(rows: list[TrialRow], title: str) -> Table:
     for r in rows:
         params.extend(k for k in r.params if k not in params)
     metrics = [m for m in _SHOWN if any(m in r.metrics for r in rows)]
+    staged = any(r.stage == CONFIRM for r in rows)  # a study with a confirmation stage
     table = Table(title=title)
-    for col in ("trial", "status", "epochs", *params, *metrics):
-        table.add_column(col, justify="right" if col not in ("trial", "status") else "left")
+    for col in ("trial", *(["stage"] if staged else []), "status", "epochs", *params, *metrics):
+        table.add_column(col, justify="right" if col not in ("trial", "stage", "status")
+                         else "left")
     for r in rows:
         vals = [_fmt_param(r.params.get(p)) for p in params]
-        table.add_row(r.trial_id, r.status + (" ⚠" if r.error else ""),
+        stage = ([f"confirm {r.source_trial_id}" if r.stage == CONFIRM else r.stage]
+                 if staged else [])
+        table.add_row(r.trial_id, *stage, r.status + (" ⚠" if r.error else ""),
                       f"{r.epochs_run}/{r.epochs_total}", *vals,
                       *[_pct(r.metrics.get(m)) for m in metrics])
+    return table
+
+
+def confirmed_table(confirmed: list[Confirmed]) -> Table:
+    """The confirmation stage's ranking: each re-run configuration's mean +/- SD over its fresh
+    seeds, beside the score its search trial was selected with."""
+    metric = confirmed[0].metric
+    table = Table(title=f"confirmation: {metric} over fresh seeds (in %; ranked by the mean)")
+    for col in ("rank", "search trial", "search score", "mean", "± SD", "seeds", "per seed"):
+        table.add_column(col, justify="left" if col == "search trial" else "right")
+    for i, c in enumerate(confirmed, 1):
+        table.add_row(str(i), c.source.trial_id, _pct(c.source.metrics.get(metric)),
+                      _pct(c.mean), _pct(c.sd), str(c.n),
+                      " ".join(_pct(r.metrics[metric]) for r in c.runs))
     return table
 
 
@@ -61,12 +79,24 @@ def _fmt_param(v: Any) -> str:
     return "–" if v is None else str(v)
 
 
-def print_best(best: list[TrialRow], console: Console, multi: bool) -> None:
-    """The best completed trial (or the Pareto front) with its settings and checkpoint."""
+def print_best(best: list[TrialRow], console: Console, multi: bool,
+               confirmed: list[Confirmed] | None = None) -> None:
+    """The best completed trial (or the Pareto front) with its settings and checkpoint; with a
+    confirmation stage, its ranking and the recommended configuration's best-seed model."""
     if not best:
         console.print("[yellow]no trial ran to completion: no best trial[/yellow]")
         return
-    title = "Pareto front (completed trials)" if multi else "best completed trial"
+    if confirmed:
+        top = confirmed[0]
+        console.print(confirmed_table(confirmed))
+        console.print(f"recommended: the configuration of search trial {top.source.trial_id}, "
+                      f"{top.metric} {_pct(top.mean)} ± {_pct(top.sd)} (mean ± SD over "
+                      f"{top.n} fresh seeds; its search trial scored "
+                      f"{_pct(top.source.metrics.get(top.metric))}). Its model: the seed "
+                      f"{best[0].seed} run below.", soft_wrap=True, markup=False)
+    title = ("Pareto front (completed trials)" if multi else
+             "recommended model (best seed of the best mean)" if confirmed else
+             "best completed trial")
     console.print(trials_rich_table(best, title))
     for r in best:
         console.print(f"trial {r.trial_id}: " + ", ".join(

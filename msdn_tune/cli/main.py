@@ -230,10 +230,17 @@ def space_show_cmd(file: str) -> None:
 @click.option("--no-tracking", is_flag=True, help="Do not track in MLflow.")
 @click.option("--force-promote", is_flag=True,
               help="Make the best model champion even if the current one is better.")
+@click.option("--confirm-top", type=click.IntRange(0), metavar="K",
+              help="After the search, re-run its K best configurations with fresh seeds and "
+                   "recommend by the mean (overrides the file's confirm.top_k; 0: no "
+                   "confirmation).")
+@click.option("--confirm-seeds", type=click.IntRange(1), metavar="N",
+              help="Fresh seeds per confirmed configuration (overrides confirm.seeds).")
 def run_cmd(space_file: str, num_samples: int | None, max_concurrent: int | None,
             address: str | None, storage_path: str | None, name: str | None, resume: bool,
             warm_start: str | None, tracking_uri: str | None, no_tracking: bool,
-            force_promote: bool, resume_if_exists: bool, storage_shared: bool) -> None:
+            force_promote: bool, resume_if_exists: bool, storage_shared: bool,
+            confirm_top: int | None, confirm_seeds: int | None) -> None:
     """Run a hyperparameter search described by a search-space file."""
     from msdn_tune.cli.display import (
         make_console,
@@ -243,19 +250,22 @@ def run_cmd(space_file: str, num_samples: int | None, max_concurrent: int | None
         trials_rich_table,
     )
     from msdn_tune.commands.study import run_study
-    from msdn_tune.space import load_space
+    from msdn_tune.space import confirm_override, load_space
 
     space = load_space(space_file)
+    confirm = confirm_override(space.confirm, confirm_top, confirm_seeds)
     space = space.with_overrides(num_samples=num_samples, max_concurrent_trials=max_concurrent,
-                                 storage_path=storage_path, name=name, tracking_uri=tracking_uri)
+                                 storage_path=storage_path, name=name, tracking_uri=tracking_uri,
+                                 confirm=confirm)
     console = make_console()
     out = run_study(space, space_file=Path(space_file).resolve(), address=address,
                     resume=resume, warm_start=warm_start, tracking_uri=tracking_uri,
                     tracking=not no_tracking, force_promote=force_promote, console=console,
                     resume_if_exists=resume_if_exists, storage_shared=storage_shared,
-                    given={"num_samples": num_samples, "max_concurrent_trials": max_concurrent})
+                    given={"num_samples": num_samples, "max_concurrent_trials": max_concurrent,
+                           "confirm": confirm})
     console.print(trials_rich_table(out.rows, f"study {space.name} (accuracies in %)"))
-    print_best(out.best, console, space.multi_objective)
+    print_best(out.best, console, space.multi_objective, out.confirmed)
     print_study_artifacts(console, out)
     print_next_steps(console, path=out.path, space_file=space_file, name=space.name,
                      complete=out.complete, best=out.best[0] if out.best else None,
@@ -273,15 +283,19 @@ def run_cmd(space_file: str, num_samples: int | None, max_concurrent: int | None
               help="Where to look for STUDY when it is a name.")
 def results_cmd(study: str, parquet_out: str | None, storage_path: str) -> None:
     """Print the trials of a study (settings, metrics, status, epochs)."""
-    from msdn_tune.cli.display import make_console, trials_rich_table
-    from msdn_tune.commands.results import study_trials
+    from msdn_tune.cli.display import confirmed_table, make_console, trials_rich_table
+    from msdn_tune.commands.results import study_best, study_trials
     from msdn_tune.trials import check_parquet_out, write_parquet
 
     if parquet_out is not None:
         check_parquet_out(parquet_out)  # before the table is read: a bad option costs nothing
     found = study_trials(study, storage_path)
-    make_console().print(trials_rich_table(found.rows, f"{found.path.name}: {len(found.rows)} "
-                                                       "trials (accuracies in %)"))
+    console = make_console()
+    console.print(trials_rich_table(found.rows, f"{found.path.name}: {len(found.rows)} "
+                                                "trials (accuracies in %)"))
+    best = study_best(study, storage_path)
+    if best.confirmed:
+        console.print(confirmed_table(best.confirmed))
     if parquet_out:
         click.echo(f"wrote {write_parquet(found.rows, parquet_out)}")
 
@@ -296,7 +310,7 @@ def best_cmd(study: str, storage_path: str) -> None:
     from msdn_tune.commands.results import study_best
 
     best = study_best(study, storage_path)
-    print_best(best.rows, make_console(), best.multi_objective)
+    print_best(best.rows, make_console(), best.multi_objective, best.confirmed)
 
 
 @main.command("report")

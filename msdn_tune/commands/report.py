@@ -31,8 +31,8 @@ from msdn_tune.commands.wrapup import StudyOutcome, finish_tracking
 from msdn_tune.errors import ConfigError, MsdnTuneError, TrackingError
 from msdn_tune.integrations.mlflow import StudyTracker, check_tracking, log_files
 from msdn_tune.integrations.optuna import optuna_study, study_plots
-from msdn_tune.integrations.ray.experiment import load_trials
-from msdn_tune.trials import best_trials, read_study_meta, study_space, write_study_meta
+from msdn_tune.integrations.ray.experiment import load_study_trials, load_trials
+from msdn_tune.trials import read_study_meta, recommendation, study_space, write_study_meta
 
 PLOTS_ARTIFACT_DIR = "plots"
 
@@ -163,11 +163,12 @@ def catch_up_tracking(report: Report, console: Console) -> bool:
                            (space.tracking or {}).get("experiment") or space.name)
     tracker.parent_run_id = report.parent_run_id
     tracker.finish_grace_s = 0.0  # no trial runs now: a run still RUNNING is left over
-    rows = load_trials(report.study)
+    rows = load_study_trials(report.study)
+    best, confirmed = recommendation(rows, [(o.metric, o.mode) for o in space.objectives])
     outcome = StudyOutcome(
-        path=report.study, complete=bool(meta.get("complete")), rows=rows,
-        best=best_trials(rows, [(o.metric, o.mode) for o in space.objectives]),
-        parent_run_id=report.parent_run_id, tracking_uri=report.tracking_uri)
+        path=report.study, complete=bool(meta.get("complete")), rows=rows, best=best,
+        parent_run_id=report.parent_run_id, tracking_uri=report.tracking_uri,
+        confirmed=confirmed)
     kept = finish_tracking(tracker, space, outcome, False, console, meta)
     write_study_meta(report.study, {**meta, **kept})
     if outcome.champion:

@@ -6,11 +6,11 @@ path or given as a path, so they also serve a study that is still running or was
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from msdn_tune.integrations.ray.experiment import load_trials
-from msdn_tune.trials import TrialRow, best_trials, study_dir, study_space
+from msdn_tune.integrations.ray.experiment import load_study_trials
+from msdn_tune.trials import Confirmed, TrialRow, recommendation, study_dir, study_space
 
 
 @dataclass(frozen=True)
@@ -28,17 +28,22 @@ class BestTrials:
     rows: list[TrialRow]
     """Empty when no trial ran to completion."""
     multi_objective: bool
+    confirmed: list[Confirmed] = field(default_factory=list)
+    """The confirmation stage's ranking, best mean first (empty without that stage); `rows`
+    is then the best seed's run of its first configuration."""
 
 
 def study_trials(study: str, storage_path: str) -> StudyTrials:
-    """The trials of `study` (a folder, or a name under `storage_path`) with their status."""
+    """The trials of `study` (a folder, or a name under `storage_path`) with their status:
+    its search trials, then its confirmation trials."""
     path = study_dir(study, storage_path)
-    return StudyTrials(path=path, rows=load_trials(path))
+    return StudyTrials(path=path, rows=load_study_trials(path))
 
 
 def study_best(study: str, storage_path: str) -> BestTrials:
-    """The best completed trials of `study`, ranked by the objectives it was run with."""
+    """What `study` recommends: by the confirmation stage's mean over fresh seeds when it has
+    one, else its best completed trial (or Pareto front) by the objectives it was run with."""
     path, space = study_space(study, storage_path)
     objectives = [(o.metric, o.mode) for o in space.objectives]
-    return BestTrials(rows=best_trials(load_trials(path), objectives),
-                      multi_objective=space.multi_objective)
+    best, confirmed = recommendation(load_study_trials(path), objectives)
+    return BestTrials(rows=best, multi_objective=space.multi_objective, confirmed=confirmed)

@@ -34,12 +34,14 @@ from msdn_tune.errors import MsdnTuneError
 from msdn_tune.integrations.ray import SUBMIT_RESUME_ENV
 from msdn_tune.integrations.ray.address import probe_ray_address
 from msdn_tune.integrations.ray.experiment import (
+    load_study_trials,
     load_trials,
     repair_lost_checkpoints,
 )
 from msdn_tune.integrations.ray.storage import check_cluster_storage, checked_storage
-from msdn_tune.integrations.ray.trainable import TrialStatic
+from msdn_tune.integrations.ray.trainable import TrialStatic, confirm_config
 from msdn_tune.integrations.ray.tuner import (
+    build_confirm_tuner,
     build_tuner,
     can_restore,
     fit,
@@ -56,12 +58,16 @@ from msdn_tune.safeload import shorten
 from msdn_tune.space import StudySpec
 from msdn_tune.train.config import TrainConfig
 from msdn_tune.trials import (
+    CONFIRM_DIR,
+    SEARCH,
     TRIALS_FILE,
     TrialRow,
-    best_trials,
     check_path_text,
+    confirm_seeds,
     read_study_meta,
+    recommendation,
     study_dir,
+    top_configurations,
     write_parquet,
     write_study_meta,
 )
@@ -75,7 +81,7 @@ log = logging.getLogger(__name__)
 #: file: a change to any of them would be ignored, or would train the rest of one study
 #: differently from its first trials.
 KEPT_ON_RESUME = ("data", "fixed", "params", "objective", "sampler", "scheduler", "num_samples",
-                  "max_concurrent_trials", "resources")
+                  "max_concurrent_trials", "resources", "confirm")
 
 
 def _check_resumable(space: StudySpec, meta: dict[str, Any]) -> None:
@@ -119,7 +125,7 @@ _UNSET = object()
 #: The `run` options a study remembers (msdn_study.json, "options"), so that `--resume` alone
 #: resumes it as it was started: the study's own num_samples and concurrency (Ray's restore
 #: keeps them anyway), its tracking store (where its parent run is), its cluster and storage.
-REMEMBERED = ("num_samples", "max_concurrent_trials", "address", "storage_shared")
+REMEMBERED = ("num_samples", "max_concurrent_trials", "confirm", "address", "storage_shared")
 
 
 def _remembered(meta: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
@@ -146,6 +152,10 @@ def resume_command(meta: dict[str, Any]) -> str:
                       ("max_concurrent_trials", "--max-concurrent")):
         if space.get(key) is not None:
             parts += [flag, str(space[key])]
+    confirm = space.get("confirm")
+    if isinstance(confirm, dict):
+        parts += ["--confirm-top", str(confirm.get("top_k")),
+                  "--confirm-seeds", str(confirm.get("seeds"))]
     parts += (["--tracking-uri", str(meta["tracking_uri"])] if meta.get("tracking_uri")
               else ["--no-tracking"])
     if options.get("address") not in (None, "", "local"):
@@ -189,7 +199,8 @@ def run_study(space: StudySpec, *, space_file: Path | None = None, address: str 
                                                  "no restorable study yet, starting it"))
     if resume:
         kept = _remembered(meta, given)
-        overrides = {k: kept[k] for k in ("num_samples", "max_concurrent_trials") if k in kept}
+        overrides = {k: kept[k] for k in ("num_samples", "max_concurrent_trials", "confirm")
+                     if k in kept}
         space = space.with_overrides(**overrides)
         address = kept.get("address", address)
         storage_shared = storage_shared or bool(kept.get("storage_shared"))
@@ -303,15 +314,25 @@ def run_study(space: StudySpec, *, space_file: Path | None = None, address: str 
         static = TrialStatic(data_path=trial_data, fixed=dict(space.fixed), study=space.name,
                              tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent,
                              gpu_fraction=gpu if 0 < gpu < 1 else None)
-        tuner = build_tuner(run_space, static, exp_dir=exp_dir, resume=resume,
-                            warm_rows=warm_rows,
-                            init_weights=_study_init(space, uri),
-                            console=console, ray_storage=store.ray_storage(),
-                            wind_down=_startup.warm_wrapup_imports if tracker is not None
-                            else None)
-        console.print(f"study {space.name}: {space.num_samples} trials, "
-                      f"{space.max_concurrent_trials} at a time → {exp_dir}")
-        finished = fit(tuner)
+        confirming = resume and bool((meta.get("confirm") or {}).get("configs"))
+        if confirming:  # the search ended before: its Tuner has nothing left to run
+            finished = space.num_samples
+            console.print(f"study {space.name}: search complete; resuming its confirmation "
+                          "stage")
+        else:
+            tuner = build_tuner(run_space, static, exp_dir=exp_dir, resume=resume,
+                                warm_rows=warm_rows,
+                                init_weights=_study_init(space, uri),
+                                console=console, ray_storage=store.ray_storage(),
+                                wind_down=_startup.warm_wrapup_imports if tracker is not None
+                                else None)
+            console.print(f"study {space.name}: {space.num_samples} trials, "
+                          f"{space.max_concurrent_trials} at a time → {exp_dir}")
+            finished = fit(tuner)
+        confirm_left = 0
+        if space.confirm and finished >= space.num_samples:
+            confirm_left = _confirm(run_space, static, store, exp_dir, resume=confirming,
+                                    console=console)
     except BaseException:
         if started:
             shutdown_ray()
@@ -323,7 +344,7 @@ def run_study(space: StudySpec, *, space_file: Path | None = None, address: str 
         shutdown.start()
     try:
         return _conclude(space, store, exp_dir, finished, parent, uri, tracker, force_promote,
-                         console, t0)
+                         console, t0, confirm_left)
     finally:
         if shutdown is not None:
             shutdown.join()
@@ -358,19 +379,64 @@ def _warm_start_rows(warm_start: str, storage: Path, uri: str | None) -> list[Tr
     return trial_rows_from_experiment(uri, warm_start)
 
 
+def _confirm(space: StudySpec, static: TrialStatic, store: Any, exp_dir: Path, *,
+             resume: bool, console: Console) -> int:
+    """Run (or resume) the confirmation stage: the search's best `top_k` completed
+    configurations, each retrained with `seeds` fresh seeds as ordinary trials of the study
+    (`<study>/confirm`). Returns how many of its trials did not end (0: the stage is done).
+
+    Which configurations and seeds are fixed once, in the study record, before any trial
+    starts: a resumed stage re-runs exactly those, whatever the search's table says by then.
+    """
+    meta = read_study_meta(exp_dir)
+    record = meta.get("confirm") or {}
+    configs = record.get("configs")
+    if not configs:
+        store.pull(space.name)
+        objective = space.objectives[0]
+        top = top_configurations(load_trials(exp_dir), objective.metric, objective.mode,
+                                 int(space.confirm["top_k"]))  # type: ignore[index]
+        if not top:
+            console.print("confirmation stage: no search trial completed, nothing to confirm")
+            return 0
+        study_seed = TrainConfig.from_dict(dict(space.fixed)).seed
+        seeds = confirm_seeds(study_seed, int(space.confirm["seeds"]))  # type: ignore[index]
+        configs = [confirm_config(r.trial_id, seed, {k: v for k, v in r.params.items()
+                                                     if v is not None})
+                   for r in top for seed in seeds]
+        record = {"configs": configs, "sources": [r.trial_id for r in top], "seeds": seeds}
+        write_study_meta(exp_dir, {**meta, "confirm": record})
+        store.push(space.name)
+        resume = False
+    path = store.ray_path(space.name) + "/" + CONFIRM_DIR
+    restore = resume and can_restore(path)
+    if restore and store.uri is None:
+        for line in repair_lost_checkpoints(exp_dir / CONFIRM_DIR):
+            console.print(line, markup=False, soft_wrap=True)
+    sources, seeds = record["sources"], record["seeds"]
+    console.print(f"confirmation stage: the best {len(sources)} configuration(s) of the search "
+                  f"({', '.join(sources)}), each retrained with seeds "
+                  f"{', '.join(map(str, seeds))} → {exp_dir / CONFIRM_DIR}", soft_wrap=True)
+    tuner = build_confirm_tuner(space, static, exp_dir=exp_dir, configs=configs,
+                                resume=restore, ray_storage=store.ray_storage())
+    return max(len(configs) - fit(tuner), 0)
+
+
 def _conclude(space: StudySpec, store: Any, exp_dir: Path, finished: int,
               parent: str | None, uri: str | None, tracker: Any, force_promote: bool,
-              console: Console, t0: float) -> StudyOutcome:
+              console: Console, t0: float, confirm_left: int = 0) -> StudyOutcome:
     """Results table, best trial, tracking wrap-up and study metadata after `fit`."""
     store.pull(space.name)
-    rows = load_trials(exp_dir)
-    complete = finished >= space.num_samples and len(rows) >= space.num_samples
+    rows = load_study_trials(exp_dir)
+    searched = [r for r in rows if r.stage == SEARCH]
+    complete = (finished >= space.num_samples and len(searched) >= space.num_samples
+                and confirm_left == 0)
     write_parquet(rows, exp_dir / TRIALS_FILE)
     objectives = [(o.metric, o.mode) for o in space.objectives]
-    best = best_trials(rows, objectives)
+    best, confirmed = recommendation(rows, objectives)
     store.fetch([b.checkpoint for b in best[:1] if b.checkpoint])
     outcome = StudyOutcome(path=exp_dir, complete=complete, rows=rows, best=best,
-                           parent_run_id=parent, tracking_uri=uri)
+                           parent_run_id=parent, tracking_uri=uri, confirmed=confirmed)
     meta = read_study_meta(exp_dir)
     tracked: dict[str, Any] = {}
     if tracker is not None:

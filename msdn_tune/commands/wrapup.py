@@ -22,7 +22,14 @@ from msdn_tune.integrations.ray.experiment import trial_results
 from msdn_tune.integrations.ray.trainable import STATE_FILE
 from msdn_tune.space import StudySpec
 from msdn_tune.train.config import TrainConfig
-from msdn_tune.trials import TRIALS_FILE, TrialRow, write_parquet
+from msdn_tune.trials import (
+    CONFIRM_DIR,
+    SEARCH,
+    TRIALS_FILE,
+    Confirmed,
+    TrialRow,
+    write_parquet,
+)
 
 
 @dataclass
@@ -38,6 +45,8 @@ class StudyOutcome:
     champion: dict[str, Any] | None = None
     plots: list[Path] = field(default_factory=list)
     resume_command: str | None = None
+    confirmed: list[Confirmed] = field(default_factory=list)
+    """The confirmation stage's ranking, best mean first (empty without that stage)."""
 
 
 def reconcile_study(tracker: Any, space: StudySpec, exp_dir: Path, rows: list[TrialRow],
@@ -48,7 +57,7 @@ def reconcile_study(tracker: Any, space: StudySpec, exp_dir: Path, rows: list[Tr
     # MLflow takes seconds to import: kept off the start-up path of `msdn-tune run`
     from msdn_tune.integrations.mlflow import reconcile_trials
 
-    found = trial_results(exp_dir)
+    found = {**trial_results(exp_dir), **trial_results(exp_dir / CONFIRM_DIR)}
     done = reconcile_trials(
         tracker, space.name, rows, {t: r.results for t, r in found.items()},
         {r.trial_id: _trial_settings(space, r) for r in rows},
@@ -89,7 +98,8 @@ def finish_tracking(tracker: Any, space: StudySpec, outcome: StudyOutcome,
 
     def render_plots() -> None:
         try:
-            outcome.plots = study_plots(optuna_study(space, outcome.rows), exp_dir / "plots",
+            searched = [r for r in outcome.rows if r.stage == SEARCH]  # what Optuna proposed
+            outcome.plots = study_plots(optuna_study(space, searched), exp_dir / "plots",
                                         objective_names=[o.metric for o in space.objectives])
         except Exception as exc:  # noqa: BLE001 - plots are a convenience, never fatal
             console.print(f"[yellow]warning: plots failed: {exc}[/yellow]")
@@ -113,8 +123,9 @@ def finish_tracking(tracker: Any, space: StudySpec, outcome: StudyOutcome,
         elif unreachable is None and outcome.best and len(space.objectives) == 1:
             try:
                 data_path = meta.get("data_path") or space.data
-                outcome.champion = promote_best(tracker.uri, space, outcome.best[0], data_path,
-                                                force_promote=force_promote)
+                outcome.champion = promote_best(
+                    tracker.uri, space, outcome.best[0], data_path, force_promote=force_promote,
+                    confirmed=outcome.confirmed[0] if outcome.confirmed else None)
                 if outcome.champion:
                     kept["champion"] = outcome.champion
             except Exception as exc:  # noqa: BLE001 - the study itself succeeded
@@ -124,7 +135,15 @@ def finish_tracking(tracker: Any, space: StudySpec, outcome: StudyOutcome,
             artifacts.append(exp_dir / "plots")
     if unreachable is None:
         best = outcome.best[0] if outcome.best else None
-        lost = tracker.finish(best_metrics=best.metrics if best else None,
+        best_metrics = dict(best.metrics) if best else None
+        tags = {}
+        if outcome.confirmed and best_metrics is not None:
+            top = outcome.confirmed[0]
+            best_metrics.update({f"confirm/{top.metric}/mean": top.mean,
+                                 f"confirm/{top.metric}/sd": top.sd,
+                                 "confirm/seeds": float(top.n)})
+            tags["msdn_tune.recommended_trial_id"] = top.source.trial_id
+        lost = tracker.finish(best_metrics=best_metrics, tags=tags,
                        best_trial_id=best.trial_id if best else None, artifacts=artifacts,
                        status="FINISHED" if outcome.complete else "KILLED",
                        trial_ids=[r.trial_id for r in outcome.rows] if outcome.complete else None,
@@ -158,8 +177,15 @@ def finish_tracking(tracker: Any, space: StudySpec, outcome: StudyOutcome,
 
 
 def promote_best(uri: str, space: StudySpec, best: TrialRow, data_path: str, *,
-                 force_promote: bool = False) -> dict[str, Any] | None:
-    """Log the best completed trial's model and make it champion if it beats the current one."""
+                 force_promote: bool = False,
+                 confirmed: Confirmed | None = None) -> dict[str, Any] | None:
+    """Log the best completed trial's model and make it champion if it beats the current one.
+
+    With a confirmation stage, `best` is the best seed's run of the configuration with the best
+    mean (`confirmed`), and the version's value is that mean over `confirmed.n` seeds (tags
+    `seeds`, `sd`): it is compared only with champions measured over as many seeds, since a
+    single run's score and a mean over seeds are not the same measurement.
+    """
     # MLflow and torch take seconds to import: kept off the start-up path of `msdn-tune run`
     from msdn_tune.integrations.mlflow import log_champion
     from msdn_tune.train.trainer import build_model, load_checkpoint
@@ -176,8 +202,14 @@ def promote_best(uri: str, space: StudySpec, best: TrialRow, data_path: str, *,
     model.__dict__["msdn_tune_config"] = cfg.to_dict()
     model.__dict__["msdn_tune_seen"] = [int(c) for c in bench.seen_classes]  # for `export`
     metric, mode = space.objectives[0].metric, space.objectives[0].mode
+    extra: dict[str, Any] = {"benchmark": bench.dataset}
+    value = best.metrics[metric]
+    if confirmed is not None:
+        value = confirmed.mean
+        extra.update({"seeds": confirmed.n, "sd": repr(confirmed.sd),
+                      "source_trial_id": confirmed.source.trial_id,
+                      "seed": best.seed, "seed_value": repr(best.metrics[metric])})
     return log_champion(
         uri, model=model, dataset=cfg.dataset, study=space.name, trial_id=best.trial_id,
-        run_id=best.mlflow_run_id, metric=metric, value=best.metrics[metric], mode=mode,
-        checkpoint=best.checkpoint, extra_tags={"benchmark": bench.dataset},
-        force_promote=force_promote)
+        run_id=best.mlflow_run_id, metric=metric, value=value, mode=mode,
+        checkpoint=best.checkpoint, extra_tags=extra, force_promote=force_promote)

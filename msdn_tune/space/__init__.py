@@ -21,18 +21,18 @@ unknown metrics and trainer settings the trainer would reject are all
 Conditional parameters use ``when: {parent: [values]}``: the parameter exists only while every
 named categorical parent is active and takes one of the listed values.
 
-Modules, lowest first: `options` (vocabulary, sampler/scheduler/resources/tracking sections),
-`document` (the file's pydantic models: the one description validation and the schema come
-from), `messages` (error wording), `params` (ParamSpec, Objective), `checks` (what a schema
-cannot say: against TrainConfig, conditions), `env` (${VAR}), `spec` (StudySpec and resolution),
-`load` (YAML), `schema` (JSON Schema).
+Modules, lowest first: `options` (vocabulary; sampler, scheduler, confirm, resources and
+tracking sections), `document` (the file's pydantic models: the one description validation
+and the schema come from), `messages` (error wording), `params` (ParamSpec, Objective),
+`checks` (what a schema cannot say: against TrainConfig, conditions), `env` (${VAR}), `spec`
+(StudySpec and resolution), `load` (YAML), `schema` (JSON Schema).
 """
 
 from msdn_tune.space.load import load_space, parse_space
 from msdn_tune.space.options import EPOCH_METRICS, FORMAT_VERSION, OBJECTIVE_METRICS
 from msdn_tune.space.params import Objective, ParamSpec
 from msdn_tune.space.schema import json_schema
-from msdn_tune.space.spec import StudySpec
+from msdn_tune.space.spec import StudySpec, confirm_override
 
 __all__ = [
     "EPOCH_METRICS",
@@ -41,6 +41,7 @@ __all__ = [
     "Objective",
     "ParamSpec",
     "StudySpec",
+    "confirm_override",
     "json_schema",
     "load_space",
     "parse_space",

@@ -27,6 +27,7 @@ from msdn_tune.space.options import (
     NAME_PATTERN,
     SETTING_BOUNDS,
     ASHAScheduler,
+    Confirm,
     Int,
     Metric,
     Mode,
@@ -240,6 +241,11 @@ class SpaceDocument(Section):
         ge=1,
         le=MAX_CONCURRENT,
         description="Trials run at once (always set with Optuna: docs/search.md B3).",
+    )
+    confirm: Confirm | None = Field(
+        None,
+        description="After the search, re-run the top_k best completed configurations with "
+        "`seeds` fresh training seeds each and choose by the mean: {top_k, seeds}. null: off.",
     )
     resources: Resources = Field(
         default_factory=lambda: Resources.model_validate({}),

@@ -282,7 +282,29 @@ Scheduler = Annotated[
 
 
 # ------------------------------------------------------------------------------------------------
-# Resources and tracking
+# Confirmation, resources and tracking
+
+MAX_CONFIRM = 100
+"""Most configurations, and most seeds each, a confirmation stage re-runs."""
+
+
+class Confirm(Section):
+    """The confirmation stage: {top_k, seeds}."""
+
+    top_k: int = Field(
+        3,
+        ge=1,
+        le=MAX_CONFIRM,
+        description="How many of the best completed configurations are re-run after the search.",
+    )
+    seeds: int = Field(
+        3,
+        ge=1,
+        le=MAX_CONFIRM,
+        description="Fresh training seeds per configuration (the study's seed + 1, + 2, ...). "
+        "The recommendation and the champion model are chosen by the mean over them.",
+    )
+
 
 
 class Resources(Section):

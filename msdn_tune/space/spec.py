@@ -31,11 +31,18 @@ from msdn_tune.space.document import (
 )
 from msdn_tune.space.env import absolute_if_path, absolute_storage, check_path, expand
 from msdn_tune.space.messages import describe, fail, raise_validation_error
-from msdn_tune.space.options import EPOCH_METRICS, NAME_PATTERN, STARTUP_DEFAULT, Section
+from msdn_tune.space.options import (
+    EPOCH_METRICS,
+    NAME_PATTERN,
+    STARTUP_DEFAULT,
+    Confirm,
+    Section,
+)
 from msdn_tune.space.params import Objective, ParamSpec, dependency_order
 from msdn_tune.train.config import FIELD_TYPES
 
-_OVERRIDABLE = ("num_samples", "max_concurrent_trials", "storage_path", "name", "data")
+_OVERRIDABLE = ("num_samples", "max_concurrent_trials", "storage_path", "name", "data",
+                "confirm")
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,8 @@ class StudySpec:
     resources: dict[str, Any]
     storage_path: str
     tracking: dict[str, Any]
+    confirm: dict[str, int] | None = None
+    """The confirmation stage ({top_k, seeds}), None when the study has none."""
     # The document as written, so overrides re-derive defaults (e.g. n_startup_trials) properly.
     source_doc: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -101,12 +110,14 @@ class StudySpec:
             "resources": dict(self.resources),
             "storage_path": self.storage_path,
             "tracking": dict(self.tracking),
+            "confirm": dict(self.confirm) if self.confirm else None,
         }
 
     def with_overrides(self, **overrides: Any) -> StudySpec:
         """A copy with command-line overrides applied and validated like the file itself.
 
-        Accepted keys: num_samples, max_concurrent_trials, storage_path, name, tracking_uri, data.
+        Accepted keys: num_samples, max_concurrent_trials, storage_path, name, tracking_uri, data,
+        confirm (a {top_k, seeds} mapping, or False for none).
         A value of None means "not given" and changes nothing.
 
         Raises:
@@ -124,6 +135,8 @@ class StudySpec:
             if key == "tracking_uri":
                 tracking = doc.get("tracking")
                 doc["tracking"] = {**(tracking if isinstance(tracking, dict) else {}), "uri": value}
+            elif key == "confirm":
+                doc["confirm"] = value or None
             else:
                 doc[key] = value
         if not changed:
@@ -151,7 +164,26 @@ class StudySpec:
             f"sampler {self.sampler['type']} (seed {self.sampler['seed']}), scheduler {sched}, "
             f"{self.num_samples} trials, {self.max_concurrent_trials} at a time, {res} per trial, "
             f"dataset {self.fixed['dataset']}, data {self.data}"
+            + (f", then the best {self.confirm['top_k']} confirmed with "
+               f"{self.confirm['seeds']} fresh seeds each" if self.confirm else "")
         )
+
+
+def confirm_override(current: dict[str, int] | None, top_k: int | None,
+                     seeds: int | None) -> dict[str, int] | bool | None:
+    """The `confirm` override that `--confirm-top` / `--confirm-seeds` make of the file's own
+    (`current`): None when neither is given, False for `--confirm-top 0` (no confirmation),
+    else the file's section (or the defaults) with the given values in place."""
+    if top_k is None and seeds is None:
+        return None
+    if top_k == 0:
+        return False
+    base = dict(current or Confirm.model_validate({}).model_dump())
+    if top_k is not None:
+        base["top_k"] = top_k
+    if seeds is not None:
+        base["seeds"] = seeds
+    return base
 
 
 class _Flow(dict[str, Any]):
@@ -208,6 +240,13 @@ def _resolve(
     if not storage:
         fail(source, ("storage_path",), "must not be empty")
     check_path(storage, source, ("storage_path",))
+    confirm = model.confirm.model_dump() if model.confirm is not None else None
+    if confirm is not None and len(objectives) > 1:
+        fail(source, ("confirm",), "ranks configurations by one objective's mean over seeds: a "
+             "multi-objective study has no single best to confirm (remove `confirm`)")
+    if confirm is not None and "seed" in params:
+        fail(source, ("confirm",), "re-runs configurations with fresh seeds, so `seed` cannot "
+             "also be searched (fix it under `fixed`, or remove `confirm`)")
     tracking = model.tracking.model_dump()
     if tracking["uri"] is not None:
         tracking["uri"] = expand(tracking["uri"], source, ("tracking", "uri")) or None
@@ -226,6 +265,7 @@ def _resolve(
         resources=model.resources.model_dump(),
         storage_path=absolute_storage(storage),
         tracking=tracking,
+        confirm=confirm,
         source_doc=copy.deepcopy(doc),
     )
 

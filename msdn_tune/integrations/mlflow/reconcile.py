@@ -33,7 +33,7 @@ from msdn_tune.integrations.mlflow.params import (
     truncate,
 )
 from msdn_tune.integrations.mlflow.runs import TRIAL_STATUSES, StudyTracker
-from msdn_tune.trials import TrialRow, result_metrics
+from msdn_tune.trials import TrialRow, result_metrics, stage_tags
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,8 @@ def reconcile_trials(tracker: StudyTracker, study: str, rows: Sequence[TrialRow]
                 tags={"mlflow.parentRunId": tracker.parent_run_id,
                       "msdn_tune.trial_id": row.trial_id, "msdn_tune.study": study,
                       "msdn_tune.kind": "trial", "msdn_tune.status": "running",
-                      "msdn_tune.reconciled": "true"})
+                      "msdn_tune.reconciled": "true",
+                      **stage_tags(row.stage, row.source_trial_id, row.seed)})
             if created is None:
                 break
             run = created

@@ -135,9 +135,10 @@ def log_champion(
     The alias ``champion`` moves to the new version when there is no champion yet, or the new
     ``value`` is better (``mode``) on the *same* metric and benchmark (the version tag
     ``benchmark``: ``dataset``, or ``extra_tags["benchmark"]`` when given), or ``force_promote``.
-    Values of different metrics are never compared. Returns ``{"name", "version", "promoted",
-    "previous", "previous_value", "model_uri"}`` (``previous``: the champion version before,
-    or None). Not atomic: promote from one process (the driver).
+    Values of different metrics are never compared, nor a single run's value with a mean over
+    seeds (the tag ``seeds``, from ``extra_tags``; absent means one run). Returns ``{"name",
+    "version", "promoted", "previous", "previous_value", "model_uri"}`` (``previous``: the
+    champion version before, or None). Not atomic: promote from one process (the driver).
     """
     if mode not in ("max", "min"):
         raise ConfigError(f"champion mode must be 'max' or 'min', got {mode!r}")
@@ -175,8 +176,10 @@ def log_champion(
                 prev_value = float(prev_tags["value"]) if previous is not None else None
             except (KeyError, ValueError):
                 prev_value = None
+            # a mean over seeds (confirmed) is compared only with a mean over as many
             comparable = (
                 prev_tags.get("metric") == metric and prev_tags.get("benchmark") == benchmark
+                and prev_tags.get("seeds", "1") == tags.get("seeds", "1")
             )
             better = (
                 comparable

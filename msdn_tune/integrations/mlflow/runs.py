@@ -297,6 +297,7 @@ class StudyTracker:
         status: str = "FINISHED",
         trial_ids: Iterable[str] | None = None,
         outcomes: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> list[str]:
         """Close stale children, log the best trial's metrics and the result files, end the run;
         returns the trial ids of the runs moved to the trash (see ``trial_ids``).
@@ -322,10 +323,11 @@ class StudyTracker:
         )
         lost = [] if trial_ids is None else self._trash_lost_children({str(t) for t in trial_ids})
         metrics = [Metric(k, v, now_ms(), 0) for k, v in finite_metrics(best_metrics).items()]
-        tags = [RunTag("msdn_tune.status", status.lower())]
+        run_tags = [RunTag("msdn_tune.status", status.lower())]
+        run_tags += [RunTag(k, str(v)) for k, v in (tags or {}).items()]
         if best_trial_id is not None:
-            tags.append(RunTag("msdn_tune.best_trial_id", str(best_trial_id)))
-        g(c.log_batch, run_id, metrics=metrics[:METRICS_PER_BATCH], tags=tags)
+            run_tags.append(RunTag("msdn_tune.best_trial_id", str(best_trial_id)))
+        g(c.log_batch, run_id, metrics=metrics[:METRICS_PER_BATCH], tags=run_tags)
         for path in map(Path, artifacts):
             if path.is_dir():
                 g(c.log_artifacts, run_id, str(path), path.name)
@@ -439,6 +441,7 @@ class TrialTracker:
         study: str,
         params: Mapping[str, Any],
         run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> None:
         # An inherited MLFLOW_RUN_ID overrides parent_run_id in fluent code (mlflow/mlflow#15713)
         # and would make every trial of a worker write into one run.
@@ -490,14 +493,15 @@ class TrialTracker:
                     "MLflow run %s of trial %s not found; starting a new run", run_id, trial_name
                 )
 
-        tags = {
+        run_tags = {
             "mlflow.parentRunId": parent_run_id,
             "msdn_tune.trial_id": str(trial_id),
             "msdn_tune.study": study,
             "msdn_tune.kind": "trial",
             "msdn_tune.status": "running",
+            **(tags or {}),
         }
-        run = g(c.create_run, experiment_id, run_name=trial_name, tags=tags)
+        run = g(c.create_run, experiment_id, run_name=trial_name, tags=run_tags)
         if run is not None:
             self.run_id = run.info.run_id
             log_params(g, c, self.run_id, flat)

@@ -35,8 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from msdn_tune.errors import DataError
-from msdn_tune.integrations.ray.trainable import STATE_FILE, TRIAL_FILE
-from msdn_tune.trials import TrialRow, result_metrics, trial_outcome
+from msdn_tune.integrations.ray.trainable import (
+    CONFIRM_KEY,
+    STATE_FILE,
+    TRIAL_FILE,
+    stage_settings,
+)
+from msdn_tune.trials import CONFIRM, CONFIRM_DIR, TrialRow, result_metrics, trial_outcome
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +69,24 @@ def load_trials(path: Path) -> list[TrialRow]:
         if t.status == "ERROR":
             error = _error_text(t) or "trial raised an error"
         ckpt = t.checkpoint.path if t.checkpoint is not None else None
-        rows.append(TrialRow(
+        row = TrialRow(
             trial_id=t.trial_id, status=status,
             params={k: v for k, v in (t.config or {}).items()},
             metrics=result_metrics(last), epochs_run=int(last.get("epoch", 0)),
             epochs_total=int(last.get("epochs_total", 0) or 0), error=error, checkpoint=ckpt,
-            mlflow_run_id=last.get("trial/mlflow_run_id")))
+            mlflow_run_id=last.get("trial/mlflow_run_id"))
+        confirm = row.params.get(CONFIRM_KEY)
+        if isinstance(confirm, dict):  # a confirmation trial: its settings, seed and source
+            row.params, _ = stage_settings(row.params)
+            row.stage, row.seed = CONFIRM, int(confirm["seed"])
+            row.source_trial_id = str(confirm["source_trial_id"])
+        rows.append(row)
     return rows
+
+
+def load_study_trials(path: Path) -> list[TrialRow]:
+    """A study's search trials, then its confirmation trials (when it has that stage)."""
+    return load_trials(path) + load_trials(path / CONFIRM_DIR)
 
 
 @dataclass

@@ -25,8 +25,9 @@ class StudyProgress(Callback):
     objects are created lazily and dropped from the pickled state.
     """
 
-    def __init__(self, total: int, metric: str, mode: str) -> None:
+    def __init__(self, total: int, metric: str, mode: str, label: str = "trials") -> None:
         self.total, self.metric, self.mode = total, metric, mode
+        self.label = label
         self._bar: Any = None
         self._task: Any = None
         self._done: set[str] = set()
@@ -40,7 +41,8 @@ class StudyProgress(Callback):
 
     def _ensure(self) -> None:
         if self._bar is None:
-            self._bar = Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(),
+            label = getattr(self, "label", "trials")  # a study pickled before labels: trials
+            self._bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn())
             self._task = self._bar.add_task("study", total=self.total, info="")
             self._bar.start()

@@ -21,6 +21,7 @@ from typing import Any
 from msdn_tune.data.resolve import open_benchmark
 from msdn_tune.errors import DivergenceError
 from msdn_tune.train.config import TrainConfig
+from msdn_tune.trials import CONFIRM, SEARCH, stage_tags
 
 STATE_FILE = "checkpoint.pt"
 TRIAL_FILE = "trial.json"
@@ -43,6 +44,27 @@ class TrialStatic:
     tags: dict[str, str] = field(default_factory=dict)
     gpu_fraction: float | None = None
     """Each trial's share of its GPU when trials share one: its CUDA memory is capped at it."""
+
+
+CONFIRM_KEY = "confirm"
+"""The one key of a confirmation trial's Tune config: {source_trial_id, seed, params}."""
+
+
+def confirm_config(source_trial_id: str, seed: int, params: dict[str, Any]) -> dict[str, Any]:
+    """A confirmation trial's config: the search trial's parameters, retrained with `seed`.
+
+    Kept under one key, so that Tune's experiment state (and `results`) says which search trial
+    each confirmation trial re-runs, with which seed."""
+    return {"source_trial_id": source_trial_id, "seed": int(seed), "params": dict(params)}
+
+
+def stage_settings(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """A trial's settings from its Tune config, and the MLflow tags of its stage."""
+    confirm = config.get(CONFIRM_KEY)
+    if not isinstance(confirm, dict):
+        return config, stage_tags(SEARCH)
+    return ({**confirm["params"], "seed": confirm["seed"]},
+            stage_tags(CONFIRM, confirm["source_trial_id"], confirm["seed"]))
 
 
 def make_trainable(static: TrialStatic) -> Callable[[dict[str, Any]], None]:
@@ -104,6 +126,7 @@ def run_trial(config: dict[str, Any], static: TrialStatic, *,
     from msdn_tune.train.trainer import Trainer, load_checkpoint
 
     sweep_stale_staging()
+    config, tags = stage_settings(config)
     settings = {**static.fixed, **{k: v for k, v in config.items() if v is not None}}
     cfg = TrainConfig.from_dict(settings)
     bench = open_benchmark(static.data_path)
@@ -128,7 +151,7 @@ def run_trial(config: dict[str, Any], static: TrialStatic, *,
         tracker = TrialTracker(
             static.tracking_uri, static.experiment_id, static.parent_run_id,
             trial_id=trial_id, trial_name=trial_name, study=static.study,
-            params=cfg.to_dict(), run_id=run_id)
+            params=cfg.to_dict(), run_id=run_id, tags={**static.tags, **tags})
         run_id = tracker.run_id
         if restored is not None:  # epochs checkpointed by a worker that died before sending them
             tracker.catch_up(trainer.history)

@@ -24,7 +24,7 @@ from rich.console import Console
 from msdn_tune.errors import MsdnTuneError
 from msdn_tune.integrations.ray.reaper import stop_watching, watch_local_ray
 from msdn_tune.space import StudySpec
-from msdn_tune.trials import TrialRow
+from msdn_tune.trials import CONFIRM_DIR, TrialRow
 
 # Loggers: TUNE_DISABLE_AUTO_CALLBACK_LOGGERS, see `tune_loggers`.
 _AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
@@ -160,6 +160,46 @@ def build_tuner(space: StudySpec, static: Any, *, exp_dir: Path, resume: bool,
             callbacks=[StudyProgress(space.num_samples, metrics[0], modes[0]),
                        CSVLoggerCallback(), JsonLoggerCallback()]
             + ([WindDown(space.num_samples, wind_down)] if wind_down else []),
+            verbose=0),
+    )
+
+
+def build_confirm_tuner(space: StudySpec, static: Any, *, exp_dir: Path,
+                        configs: list[dict[str, Any]], resume: bool,
+                        ray_storage: str | None = None) -> Any:
+    """The Tuner of a study's confirmation stage (or the restored one for `resume`).
+
+    `configs` are the trials' configs (`trainable.confirm_config`): Tune runs each once, as a
+    grid, to the end (no scheduler, no searcher), `max_concurrent_trials` at a time, in
+    `<study>/confirm`. The trials are ordinary trials of the study's trainable, so each has its
+    MLflow child run under the study's parent run and checkpoints to resume from.
+    """
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from msdn_tune.integrations.ray.progress import StudyProgress
+    from msdn_tune.integrations.ray.trainable import CONFIRM_KEY, make_trainable
+
+    resources = {k: v for k, v in space.resources.items() if v}
+    trainable = tune.with_resources(make_trainable(static), resources or {"cpu": 1})
+    root = f"{ray_storage}/{space.name}" if ray_storage else str(exp_dir)
+    if resume:
+        return tune.Tuner.restore(f"{root}/{CONFIRM_DIR}", trainable=trainable,
+                                  resume_unfinished=True, resume_errored=False)
+    objective = space.objectives[0]
+    return tune.Tuner(
+        trainable,
+        param_space={CONFIRM_KEY: tune.grid_search(configs)},
+        tune_config=tune.TuneConfig(num_samples=1,
+                                    max_concurrent_trials=space.max_concurrent_trials,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=CONFIRM_DIR, storage_path=root,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
+            failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+            callbacks=[StudyProgress(len(configs), objective.metric, objective.mode,
+                                     label="confirmation trials"),
+                       CSVLoggerCallback(), JsonLoggerCallback()],
             verbose=0),
     )
 
