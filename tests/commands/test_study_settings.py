@@ -282,3 +282,33 @@ def test_the_resume_command_spells_out_every_option_of_the_study():
         "--storage-shared", "--resume"]
     untracked = resume_command({**meta, "tracking_uri": None, "options": {}})
     assert "--no-tracking" in untracked and "--address" not in untracked
+
+
+def test_the_resume_command_spells_out_the_confirmation_stage():
+    import shlex
+
+    from msdn_tune.commands.study import resume_command
+
+    meta = {"name": "s", "storage_path": "/r", "tracking_uri": None,
+            "space": {"num_samples": 4, "confirm": {"top_k": 2, "seeds": 5}}}
+    words = shlex.split(resume_command(meta))
+    assert words[words.index("--confirm-top") + 1] == "2"
+    assert words[words.index("--confirm-seeds") + 1] == "5"
+    assert "--confirm-top" not in resume_command({**meta, "space": {"confirm": None}})
+
+
+def test_a_resume_takes_the_confirmation_stage_its_command_line_gave_from_the_study(tmp_path):
+    """`run --confirm-top 2` then `--resume` alone: the study's own confirm section is used, not
+    refused as a change (the file has none)."""
+    space = parse_space(small_doc(tmp_path))
+    exp = tmp_path / "results" / "s"
+    exp.mkdir(parents=True)
+    confirm = {"top_k": 2, "seeds": 3}
+    (exp / STUDY_FILE).write_text(json.dumps({
+        "space": {**space.to_dict(), "confirm": confirm},
+        "options": {"confirm": confirm}, "tracking_uri": None}))
+    with pytest.raises(MsdnTuneError, match="--resume: no study to resume at"):
+        run_study(space, resume=True)
+    with pytest.raises(MsdnTuneError, match=r"confirm.top_k: 2 -> 1"):  # given: never overridden
+        run_study(space.with_overrides(confirm={"top_k": 1, "seeds": 3}), resume=True,
+                  given={"confirm": {"top_k": 1, "seeds": 3}})

@@ -847,3 +847,26 @@ def test_define_by_run_survives_ray_optuna_search_checkpoint(tmp_path):
     restored = OptunaSearch(space=copy.deepcopy(fn), metric="best/H", mode="max")
     restored.restore(str(tmp_path / "searcher.pkl"))
     assert set(restored.suggest("t2")) <= set(space.params)
+
+
+def test_confirm_section_defaults_overrides_and_refusals(tmp_path):
+    from msdn_tune.space import confirm_override, parse_space
+    from tests.helpers.study import small_doc
+
+    space = parse_space(small_doc(tmp_path, confirm={}))
+    assert space.confirm == {"top_k": 3, "seeds": 3}
+    assert parse_space(space.to_dict()).confirm == space.confirm  # round trip
+    assert "confirmed with 3 fresh seeds" in space.summary()
+    assert parse_space(small_doc(tmp_path)).confirm is None
+    assert confirm_override(None, None, None) is None
+    assert confirm_override(space.confirm, 0, None) is False
+    assert confirm_override(None, 5, None) == {"top_k": 5, "seeds": 3}
+    assert space.with_overrides(confirm=False).confirm is None
+    with pytest.raises(SpaceError, match=r"confirm.*top_k"):
+        space.with_overrides(confirm={"top_k": 1000, "seeds": 3})
+    with pytest.raises(SpaceError, match=r"confirm.*multi-objective"):
+        parse_space(small_doc(tmp_path, confirm={}, objective=[
+            {"metric": "best/H"}, {"metric": "best/U"}]))
+    with pytest.raises(SpaceError, match=r"confirm.*seed"):
+        parse_space(small_doc(tmp_path, confirm={}, params={
+            "seed": {"type": "int", "low": 0, "high": 9}}))
