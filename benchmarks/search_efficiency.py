@@ -1,33 +1,42 @@
-"""Search efficiency on the demo benchmark: TPE + ASHA vs. random search without early stopping.
+"""Search efficiency on the demo benchmark: is what a study recommends any good, per budget?
 
-Both searches run `search_spaces/demo.yaml` as shipped (its data, parameters, epochs, TPE and ASHA
-settings) through the real study driver (Ray Tune + Optuna, no tracking); random search swaps in
-Optuna's RandomSampler and no scheduler. Both get the same number of trials, for several seeds.
+The measure (format 2, the default). Each method searches `search_spaces/demo.yaml` through the
+real study driver (Ray Tune + Optuna, no tracking) under `selection: clean`, so trials are
+selected on the validation split and no search ever sees the test split:
 
-Every reported epoch of every trial is one trial-epoch of compute. The "best H reached" after k
-trial-epochs is the best `best/H` any trial had reported by then, in the order the epochs finished
-(two trials run at a time). The headline, per seed: the trial-epochs TPE + ASHA needed to reach
-random search's final best H, as a fraction of random search's total (target <= 1/3).
+- random: Optuna's RandomSampler (seed + 10000: independent of TPE's own random start-up
+  trials), no scheduler, `--trials` trials;
+- tpe+asha: the demo as shipped, `--asha-trials` trials (default 6 x --trials, about random
+  search's trial-epochs);
+- tpe: TPE without early stopping, `--trials` trials;
+- tpe+asha+confirm: the tpe+asha search, stopped early enough that a confirmation stage (its 3
+  best completed configurations, 3 fresh seeds each, as the shipped dataset spaces do) fits in
+  the same budget, recommending the best mean validation H over those seeds;
+- default: no search, the space's fixed recipe.
 
-Seeds are independent between the two methods: TPE draws its first `n_startup_trials` with a
-RandomSampler of its own seed, so equal seeds would hand both methods the same first trials and
-credit TPE with whatever random search found there.
+A budget is a share of random search's trial-epochs (1/4, 1/3, 1/2, 1): every reported epoch of
+every trial is one trial-epoch, counted in the order they finished (two trials at a time). At
+each budget, a method's recommendation is what `msdn-tune best` would print had the study stopped
+there: its best completed trial by validation H. That configuration is retrained with 3 fresh
+seeds (the judge's, shared by all methods of a benchmark seed, disjoint from the searches' and
+the confirmation's) and scored on the test split: the mean test H is what the user would get.
+A method with no completed trial yet is scored as the default recipe, and the table says where.
 
-Also printed: how well ASHA's rungs rank trials (the Spearman correlation, over random search's
-full-length trials, between best/H at each rung and at the end), each method's spend (its
-trial-epochs over random search's) and the best H among trials that ran all their epochs, which
-is what `msdn-tune best` reports and the champion model is chosen from (an ASHA-stopped trial's
-checkpoint is a partly trained model).
+Why not "best H reached": that is the maximum over many noisy trials, so whichever method
+finishes more full trials collects more lucky draws, and it is not what a user is handed.
 
-Across seeds it also prints the mean curves (a finished search stays at its final best): the
-trial-epochs TPE + ASHA's mean curve needs to reach random search's mean final best, the reading
-used where HPO methods are compared over seeds, beside the per-seed count. `--json OUT` saves every
-seed's curves, so runs on different seeds can be pooled with `--pool A.json B.json ...` (no
-training; prints the same summary over all their seeds).
+Printed: per budget and method, the judged test H (mean +/- standard error over benchmark
+seeds), the paired difference to random search's full-budget recommendation (mean +/- s.e. and
+wins), the targets, and the margin over the default recipe. `--plot FILE` saves the curves.
+`--json OUT` saves every seed's record, so runs on different seeds can be pooled with `--pool
+A.json B.json ...` (no training). Files of the earlier curve measure (format 1: best H reached,
+TPE+ASHA against random) still pool, and print that measure's summary.
 
-Usage: python benchmarks/search_efficiency.py [--trials N] [--seeds 0 1 2] [--keep] [--json OUT]
-       python benchmarks/search_efficiency.py --pool A.json B.json
-(a seed takes about 6 minutes on 2 cores at the demo's 64 trials x 30 epochs).
+Usage: python benchmarks/search_efficiency.py [--trials N] [--asha-trials N] [--seeds 0 1 2]
+                                              [--keep] [--json OUT] [--plot FILE]
+       python benchmarks/search_efficiency.py --pool A.json B.json [--plot FILE]
+       python benchmarks/search_efficiency.py --smoke   # tiny preset, 3 epochs: that it runs
+(a seed takes roughly 20 minutes on 2 cores at the demo's 64 trials x 30 epochs.)
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -236,54 +246,355 @@ def summarise(seeds: list[int], runs: list[dict[str, list[float]]]) -> None:
           + f"; target <= 0.33 {'met' if reach is not None and reach <= budget / 3 else 'not met'}")
 
 
+# ---------------------------------------------------------------------------------------------
+# Judging the recommendation (format 2): what the study recommends, retrained and tested.
+
+METHODS = ("random", "tpe+asha", "tpe", "tpe+asha+confirm")
+"""Searches compared; "default" (no search: the space's fixed recipe) is judged beside them."""
+FRACTIONS = (1 / 4, 1 / 3, 1 / 2, 1.0)
+"""Budgets, as fractions of random search's trial-epochs."""
+JUDGE_SEEDS = 3
+CONFIRM_TOP, CONFIRM_SEEDS = 3, 3  # as the shipped CUB/SUN/AWA2/FLO spaces
+
+
+@dataclass
+class Trial:
+    """One search trial: its settings, its validation score, and when it ended (the index of
+    its last epoch among all the search's trial-epochs, in the order they finished)."""
+
+    trial_id: str
+    params: dict
+    val_h: float
+    completed: bool
+    ended_at: int
+
+
+def search_space(method: str, seed: int, trials: int, root: Path, *, data: str | None = None,
+                 epochs: int | None = None) -> Any:
+    """The demo study as a method runs it, under `selection: clean` (the searches select on
+    the validation split; only the judge looks at the test split)."""
+    from msdn_tune.space import load_space, parse_space
+
+    doc = load_space(DEMO).to_dict()
+    doc.update(name=f"{method.replace('+', '-')}-s{seed}", num_samples=trials,
+               storage_path=str(root))
+    doc["fixed"] = {**doc["fixed"], "selection": "clean"}
+    if data:
+        doc["data"] = data
+    if epochs:
+        doc["fixed"]["epochs"] = epochs
+        doc["scheduler"] = {**doc["scheduler"], "grace_period": 1, "max_t": epochs}
+    if method.startswith("tpe"):
+        doc["sampler"] = {**doc["sampler"], "seed": seed}
+    else:
+        doc["sampler"] = {"type": "random", "seed": seed + RANDOM_SEED_OFFSET}
+    if method in ("random", "tpe"):
+        doc["scheduler"] = {"type": "none"}
+    return parse_space(doc, source=f"{DEMO} ({method}, seed {seed})")
+
+
+def run_search(space: Any) -> list[Trial]:
+    """Run one search through the real study driver; its trials with the trial-epoch at which
+    each ended."""
+    from rich.console import Console
+
+    from msdn_tune.commands.study import run_study
+
+    out = run_study(space, tracking=False, console=Console(quiet=True))
+    if not out.complete:
+        raise SystemExit(f"{space.name}: the study did not complete ({out.path})")
+    events = []  # (timestamp, trial, epoch) of every reported epoch
+    for progress in out.path.glob("*/progress.csv"):
+        with progress.open() as f:
+            events += [(float(r["timestamp"]), r["trial_id"], float(r["epoch"]))
+                       for r in csv.DictReader(f)]
+    events.sort()
+    ended = {t: i + 1 for i, (_, t, _) in enumerate(events)}  # last epoch's index wins
+    return [Trial(r.trial_id, {k: v for k, v in r.params.items() if v is not None},
+                  float(r.metrics.get("best/H", 0.0)), r.status == "completed",
+                  ended.get(r.trial_id, len(events)))
+            for r in out.rows]
+
+
+def recommended(trials: list[Trial], budget: int, k: int = 1) -> list[Trial]:
+    """What the study would recommend had it stopped after `budget` trial-epochs: its best
+    completed trials by validation H (`msdn-tune best`), best first, at most `k`."""
+    done = [t for t in trials if t.completed and t.ended_at <= budget]
+    return sorted(done, key=lambda t: t.val_h, reverse=True)[:k]
+
+
+def _train(settings: dict) -> dict[str, float]:
+    """One retraining (in a worker process): validation and test H of the selected model."""
+    import torch
+
+    from msdn_tune.data.resolve import open_benchmark
+    from msdn_tune.train.config import TrainConfig
+    from msdn_tune.train.trainer import Trainer
+
+    torch.set_num_threads(1)
+    with open_benchmark(settings.pop("_data")) as bench:
+        out = Trainer(TrainConfig.from_dict(settings), bench).fit()
+    return {"val": float(out["best/H"]), "test": float(out["test/H"])}
+
+
+class Retrainer:
+    """Retrains settings with given seeds, two at a time, each (settings, seed) once."""
+
+    def __init__(self, data: str, fixed: dict, workers: int) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.data, self.fixed = data, {**fixed, "threads": 1, "device": "cpu"}
+        self.cache: dict[str, dict[str, float]] = {}
+        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def run(self, jobs: list[tuple[dict, int]]) -> list[dict[str, float]]:
+        keys = [json.dumps({**self.fixed, **params, "seed": seed}, sort_keys=True)
+                for params, seed in jobs]
+        todo = {k: {**json.loads(k), "_data": self.data} for k in dict.fromkeys(keys)
+                if k not in self.cache}
+        for k, result in zip(todo, self.pool.map(_train, todo.values()), strict=True):
+            self.cache[k] = result
+        return [self.cache[k] for k in keys]
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+def judge_seed(seed: int) -> list[int]:
+    """The judge's seeds for benchmark seed `seed`: shared by every method (paired), disjoint
+    from the searches' (0) and the confirmation stage's (1..CONFIRM_SEEDS) training seeds."""
+    return [1000 + JUDGE_SEEDS * seed + i for i in range(JUDGE_SEEDS)]
+
+
+def judge_seed_run(seed: int, trials: int, asha_trials: int, root: Path, *,
+                   data: str | None = None, epochs: int | None = None,
+                   workers: int = 2) -> dict:
+    """One benchmark seed: every method's search, its recommendation at each budget retrained
+    with the judge's seeds and tested; the default recipe likewise. Returns a JSON record."""
+    spaces = {m: search_space(m.replace("+confirm", ""), seed,
+                              asha_trials if "asha" in m else trials, root, data=data,
+                              epochs=epochs)
+              for m in METHODS if m != "tpe+asha+confirm"}
+    searches: dict[str, list[Trial]] = {}
+    for method, space in spaces.items():
+        t0 = time.perf_counter()
+        print(f"[seed {seed}] {method}: {space.num_samples} trials ...", flush=True)
+        searches[method] = run_search(space)
+        print(f"[seed {seed}] {method}: {time.perf_counter() - t0:.0f} s", flush=True)
+    searches["tpe+asha+confirm"] = searches["tpe+asha"]  # the same search, then confirmation
+    demo = spaces["random"]
+    n_epochs = int(demo.fixed["epochs"])
+    budget = max(t.ended_at for t in searches["random"])  # random's trial-epochs
+    retrain = Retrainer(demo.data, dict(demo.fixed), workers)
+    seeds = judge_seed(seed)
+    try:
+        record: dict[str, Any] = {"seed": seed, "budget": budget, "judge_seeds": seeds,
+                                  "spent": {m: max(t.ended_at for t in tr)
+                                            for m, tr in searches.items()},
+                                  "default": [r["test"] for r in retrain.run(
+                                      [({}, s) for s in seeds])],
+                                  "recs": {}}
+        for method in METHODS:
+            recs = {}
+            for frac in FRACTIONS:
+                k = round(frac * budget)
+                if method == "tpe+asha+confirm":
+                    cost = CONFIRM_TOP * CONFIRM_SEEDS * n_epochs
+                    top = recommended(searches[method], k - cost, CONFIRM_TOP)
+                    if not top:
+                        recs[f"{frac:.4f}"] = None
+                        continue
+                    jobs = [(t.params, s) for t in top for s in range(1, CONFIRM_SEEDS + 1)]
+                    vals = [r["val"] for r in retrain.run(jobs)]
+                    means = [sum(vals[i * CONFIRM_SEEDS:(i + 1) * CONFIRM_SEEDS]) / CONFIRM_SEEDS
+                             for i in range(len(top))]
+                    pick = top[max(range(len(top)), key=lambda i: means[i])]
+                else:
+                    found = recommended(searches[method], k)
+                    if not found:
+                        recs[f"{frac:.4f}"] = None
+                        continue
+                    pick = found[0]
+                tests = [r["test"] for r in retrain.run([(pick.params, s) for s in seeds])]
+                recs[f"{frac:.4f}"] = {"trial": pick.trial_id, "params": pick.params,
+                                       "val": pick.val_h, "test": tests}
+                print(f"[seed {seed}] {method} at {frac:.2f} of random's budget: trial "
+                      f"{pick.trial_id} (val H {100 * pick.val_h:.2f}) retrained: test H "
+                      + " ".join(f"{100 * t:.2f}" for t in tests), flush=True)
+            record["recs"][method] = recs
+    finally:
+        retrain.close()
+    return record
+
+
+def judged(record: dict, method: str, frac: float) -> float:
+    """The mean test H of a method's recommendation at a budget (no completed trial yet: the
+    default recipe, which is what a user without a recommendation would train)."""
+    rec = record["recs"][method].get(f"{frac:.4f}")
+    tests = rec["test"] if rec else record["default"]
+    return sum(tests) / len(tests)
+
+
+def summarise_judged(records: list[dict]) -> str:
+    """The table over seeds: each method's judged recommendation per budget, paired
+    differences to random search's full-budget recommendation, and the issue's targets."""
+    seeds = [r["seed"] for r in records]
+    lines = [f"\njudged recommendations, seeds {seeds}: the configuration each study recommends "
+             f"after a share of random search's trial-epochs, retrained with {JUDGE_SEEDS} fresh "
+             "seeds, test H (%), mean ± standard error over seeds"]
+    default = [sum(r["default"]) / len(r["default"]) for r in records]
+    dm, ds = mean_se([100 * d for d in default])
+    lines.append(f"  default recipe (no search): {dm:.2f} ± {ds:.2f}")
+    ref = [judged(r, "random", 1.0) for r in records]
+    lines.append(f"  {'method':<18}" + "".join(f"{f'{f:.2f}':>16}" for f in FRACTIONS))
+    for method in METHODS:
+        cells = []
+        for f in FRACTIONS:
+            m, e = mean_se([100 * judged(r, method, f) for r in records])
+            cells.append(f"{m:7.2f} ± {e:4.2f}")
+        lines.append(f"  {method:<18}" + "".join(f"{c:>16}" for c in cells))
+    lines.append("  paired difference to random search's full-budget recommendation "
+                 "(points of H, mean ± s.e.; wins = seeds where >= 0):")
+    lines.append(f"  {'method':<18}" + "".join(f"{f'{f:.2f}':>22}" for f in FRACTIONS))
+    for method in METHODS:
+        cells = []
+        for f in FRACTIONS:
+            d = [100 * (judged(r, method, f) - x) for r, x in zip(records, ref, strict=True)]
+            m, e = mean_se(d)
+            cells.append(f"{m:+6.2f} ± {e:4.2f} {sum(v >= 0 for v in d):2d}/{len(d)}")
+        lines.append(f"  {method:<18}" + "".join(f"{c:>22}" for c in cells))
+    empty = [f"{method} at {f:.2f} on {n} seed(s)" for method in METHODS for f in FRACTIONS
+             if (n := sum(r["recs"][method].get(f"{f:.4f}") is None for r in records))]
+    if empty:
+        lines.append("  no completed trial yet, so scored as the default recipe: "
+                     + "; ".join(empty))
+    for method in ("tpe+asha", "tpe+asha+confirm"):
+        d = [100 * (judged(r, method, 1 / 3) - x) for r, x in zip(records, ref, strict=True)]
+        m, e = mean_se(d)
+        wins = sum(v >= 0 for v in d)
+        missing = sum(r["recs"][method].get(f"{1 / 3:.4f}") is None for r in records)
+        verdict = ("met" if wins >= 0.8 * len(d) and m >= 0 and not missing else
+                   f"not met: no completed trial on {missing} seed(s)" if missing else "not met")
+        lines.append(f"  target: {method} at 1/3 >= random at 1x on >= 12 of 15 seeds and on the "
+                     f"mean: {wins} of {len(d)} seeds, mean {m:+.2f} ± {e:.2f} ({verdict})")
+    for method, frac in (("random", 1.0), ("tpe+asha", 1 / 3)):
+        d = [100 * (judged(r, method, frac) - x) for r, x in zip(records, default, strict=True)]
+        m, e = mean_se(d)
+        lines.append(f"  {method} at {frac:.2f} minus the default recipe: {m:+.2f} ± {e:.2f}")
+    return "\n".join(lines)
+
+
+def plot_judged(records: list[dict], out: Path) -> None:
+    """Mean judged test H against trial-epochs (fraction of random's), one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in METHODS:
+        points = [mean_se([100 * judged(r, method, f) for r in records]) for f in FRACTIONS]
+        ys, es = [m for m, _ in points], [e for _, e in points]
+        ax.errorbar(FRACTIONS, ys, yerr=es, marker="o", capsize=3, label=method)
+    dm, ds = mean_se([100 * sum(r["default"]) / len(r["default"]) for r in records])
+    ax.axhline(dm, color="grey", linestyle="--", label=f"default recipe ({dm:.1f} ± {ds:.1f})")
+    ax.set_xlabel("trial-epochs spent (fraction of random search's)")
+    ax.set_ylabel("recommendation retrained, test H (%)")
+    ax.set_title(f"What a study recommends, judged on fresh seeds ({len(records)} seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
-    from msdn_tune.integrations.ray.tuner import asha_scheduler
     from msdn_tune.space import load_space
 
     demo = load_space(DEMO)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=demo.num_samples,
-                    help=f"trials per search (default: the demo's {demo.num_samples})")
+                    help=f"trials of random search and TPE (default: the demo's "
+                         f"{demo.num_samples})")
+    ap.add_argument("--asha-trials", type=int,
+                    help="trials of TPE+ASHA (default: 6 x --trials, about random search's "
+                         "trial-epochs)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--keep", action="store_true", help="keep the study folders")
-    ap.add_argument("--json", type=Path, help="save every seed's curves to this file")
+    ap.add_argument("--json", type=Path, help="save every seed's results to this file")
     ap.add_argument("--pool", type=Path, nargs="+",
                     help="summarise saved --json files together instead of running searches")
+    ap.add_argument("--plot", type=Path, help="save the judged recommendations' curves here")
+    ap.add_argument("--smoke", action="store_true",
+                    help="the tiny preset, 3 epochs, 3 trials, 1 seed: that it runs")
     args = ap.parse_args()
     if args.pool:
-        saved = [load_runs(p) for p in args.pool]
-        summarise([s for d in saved for s in d["seeds"]], [r for d in saved for r in d["runs"]])
+        saved = [load_saved(p) for p in args.pool]
+        records = [r for d in saved for r in d.get("judged", [])]
+        curves = [(s, r) for d in saved for s, r in zip(d["seeds"], d["runs"], strict=True)]
+        if curves:
+            summarise([s for s, _ in curves], [r for _, r in curves])
+        if records:
+            print(summarise_judged(records))
+            if args.plot:
+                plot_judged(records, args.plot)
+                print(f"plot: {args.plot}")
         return
-    if args.json and not args.json.parent.is_dir():  # found out now, not after the first seed
-        print(f"error: --json {args.json}: folder {args.json.parent} does not exist",
-              file=sys.stderr)
-        raise SystemExit(2)
+    for out in (args.json, args.plot):
+        if out and not out.parent.is_dir():  # found out now, not after the first seed
+            print(f"error: {out}: folder {out.parent} does not exist", file=sys.stderr)
+            raise SystemExit(2)
+    data = epochs = None
+    if args.smoke:
+        args.seeds, args.trials, data, epochs = args.seeds[:1], 3, "tiny", 3
+    asha_trials = args.asha_trials or 6 * args.trials
 
     import ray
 
     ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     root = Path(tempfile.mkdtemp(prefix="msdn-eff-"))
     print(f"demo space: {demo.summary()}")
-    # The rungs Ray's ASHA judges at (before max_t, where every trial stops anyway).
-    sched = asha_scheduler(demo)
-    rungs = sorted(int(m) for m, _ in sched._brackets[0]._rungs if m < sched._max_t)
-    runs: list[dict[str, list[float]]] = []
+    records: list[dict] = []
     try:
         for seed in args.seeds:
-            searches = {}
-            for method in ("random", "tpe+asha"):
-                print(f"[seed {seed}] {method}: {args.trials} trials ...", flush=True)
-                searches[method] = run(method, seed, args.trials, root)
-            report(seed, searches["random"], searches["tpe+asha"], rungs)
-            runs.append({m: s.curve for m, s in searches.items()})
+            records.append(judge_seed_run(seed, args.trials, asha_trials, root / f"s{seed}",
+                                          data=data, epochs=epochs))
             if args.json:
-                save_runs(args.json, args.seeds[:len(runs)], runs)
+                save_saved(args.json, records, sys.argv[1:])
     finally:
         ray.shutdown()
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    summarise(args.seeds, runs)
+    print(summarise_judged(records))
+    if args.plot:
+        plot_judged(records, args.plot)
+        print(f"plot: {args.plot}")
     print(f"results {'kept in ' + str(root) if args.keep else 'removed (--keep keeps them)'}")
+    print("reproduce: python benchmarks/search_efficiency.py " + " ".join(sys.argv[1:]))
+
+
+def save_saved(path: Path, records: list[dict], argv: list[str]) -> None:
+    """Write the judged records (format 2) as JSON, gzip-compressed when `path` ends in .gz."""
+    text = json.dumps({"format": 2, "argv": argv, "seeds": [], "runs": [], "judged": records},
+                      separators=(",", ":"))
+    path.write_bytes(gzip.compress(text.encode()) if path.suffix == ".gz" else text.encode())
+
+
+def load_saved(path: Path) -> dict:
+    """A saved file of either format: curves (format 1, `load_runs`) or judged records."""
+    try:
+        data = path.read_bytes()
+        saved = json.loads(gzip.decompress(data) if path.suffix == ".gz" else data)
+    except (OSError, ValueError, EOFError) as exc:
+        print(f"error: --pool {path}: cannot read saved results ({exc})", file=sys.stderr)
+        raise SystemExit(2) from None
+    if isinstance(saved, dict) and saved.get("format") == 2:
+        if not isinstance(saved.get("judged"), list) or not saved["judged"]:
+            print(f"error: --pool {path}: no judged records in it", file=sys.stderr)
+            raise SystemExit(2)
+        return saved
+    return load_runs(path)
 
 
 if __name__ == "__main__":
