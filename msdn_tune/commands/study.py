@@ -366,8 +366,9 @@ def _check_warm_start(warm_start: str, storage: Path, tracking: bool) -> None:
 
 
 def _warm_start_rows(warm_start: str, storage: Path, uri: str | None) -> list[TrialRow]:
-    """An earlier study's trials: from its folder (or name under the storage path), else from
-    the MLflow experiment of that name in the tracking store."""
+    """An earlier study's search trials: from its folder (or name under the storage path), else
+    from the MLflow experiment of that name in the tracking store. Its confirmation trials are
+    left out: they re-ran configurations the sampler is given already."""
     try:
         return load_trials(study_dir(warm_start, storage))
     except MsdnTuneError:
@@ -376,7 +377,7 @@ def _warm_start_rows(warm_start: str, storage: Path, uri: str | None) -> list[Tr
     # MLflow takes seconds to import: kept off the start-up path of `msdn-tune run`
     from msdn_tune.integrations.mlflow import trial_rows_from_experiment
 
-    return trial_rows_from_experiment(uri, warm_start)
+    return [r for r in trial_rows_from_experiment(uri, warm_start) if r.stage == SEARCH]
 
 
 def _confirm(space: StudySpec, static: TrialStatic, store: Any, exp_dir: Path, *,

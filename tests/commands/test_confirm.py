@@ -125,3 +125,16 @@ def test_best_prints_mean_sd_and_seeds(confirmed):
     assert f"recommended: the configuration of search trial {winner}" in res.stdout
     assert f"best/H {100 * means[winner]:.2f} ± " in res.stdout
     assert "mean ± SD over 2 fresh seeds" in res.stdout
+
+
+def test_a_warm_start_from_its_experiment_takes_the_search_trials_only(confirmed):
+    """Confirmation runs re-ran configurations the sampler is given already."""
+    from msdn_tune.commands.study import _warm_start_rows
+    from msdn_tune.integrations.mlflow import trial_rows_from_experiment
+
+    tmp, _, uri, _, _ = confirmed
+    rows = trial_rows_from_experiment(uri, "conf")
+    assert sorted(r.stage for r in rows) == ["confirm"] * 4 + ["search"] * 3
+    assert {r.seed for r in rows if r.stage == "confirm"} == {1, 2}
+    warm = _warm_start_rows("conf", tmp / "nowhere", uri)  # not on disk: from MLflow
+    assert len(warm) == 3 and {r.stage for r in warm} == {"search"}

@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 
 from msdn_tune.errors import ConfigError, TrackingError
 from msdn_tune.integrations.mlflow.guard import strict
-from msdn_tune.trials import TrialRow
+from msdn_tune.trials import SEARCH, TrialRow
 
 
 def trial_rows_from_experiment(uri: str, experiment: str) -> list[TrialRow]:
@@ -49,7 +49,10 @@ def trial_rows_from_experiment(uri: str, experiment: str) -> list[TrialRow]:
             status=tags.get("msdn_tune.status", "unknown"), params=params,
             metrics=dict(run.data.metrics), epochs_run=int(run.data.metrics.get("epoch", 0)),
             epochs_total=int(params.get("epochs", 0) or 0), error=tags.get("msdn_tune.error"),
-            checkpoint=None, mlflow_run_id=run.info.run_id))
+            checkpoint=None, mlflow_run_id=run.info.run_id,
+            stage=tags.get("msdn_tune.stage", SEARCH),
+            source_trial_id=tags.get("msdn_tune.source_trial_id"),
+            seed=int(params["seed"]) if isinstance(params.get("seed"), int) else None))
     return rows
 
 
