@@ -32,6 +32,10 @@ _FAILED = ("FAILED", "STOPPED")
 @click.option("--name", help="Study name (default: the file's name).")
 @click.option("--num-samples", type=int, help="Number of trials (overrides the file).")
 @click.option("--max-concurrent", type=int, help="Trials at a time (overrides the file).")
+@click.option("--confirm-top", type=click.IntRange(0), metavar="K",
+              help="Confirm the search's K best configurations with fresh seeds (as on run).")
+@click.option("--confirm-seeds", type=click.IntRange(1), metavar="N",
+              help="Fresh seeds per confirmed configuration (as on run).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted study of this name.")
 @click.option("--resume-if-exists", is_flag=True,
               help="Resume the study if it exists in storage, else start it.")
@@ -51,7 +55,8 @@ _FAILED = ("FAILED", "STOPPED")
 @click.option("--dry-run", is_flag=True, help="Print the job (entrypoint, runtime_env) only.")
 def submit_cmd(address: str | None, space_file: str, storage_path: str | None,
                tracking_uri: str | None, no_tracking: bool, name: str | None,
-               num_samples: int | None, max_concurrent: int | None, resume: bool,
+               num_samples: int | None, max_concurrent: int | None,
+               confirm_top: int | None, confirm_seeds: int | None, resume: bool,
                resume_if_exists: bool, storage_shared: bool, working_dir: str | None,
                excludes: tuple[str, ...], pip: tuple[str, ...], submission_id: str | None,
                no_wait: bool, dry_run: bool) -> None:
@@ -65,7 +70,8 @@ def submit_cmd(address: str | None, space_file: str, storage_path: str | None,
     plan = cluster.plan_job(
         space_file, working_dir=working_dir, storage_path=storage_path,
         tracking_uri=tracking_uri, tracking=not no_tracking, name=name,
-        num_samples=num_samples, max_concurrent=max_concurrent, resume=resume,
+        num_samples=num_samples, max_concurrent=max_concurrent, confirm_top=confirm_top,
+        confirm_seeds=confirm_seeds, resume=resume,
         resume_if_exists=resume_if_exists, storage_shared=storage_shared, pip=pip,
         excludes=excludes, submission_id=submission_id, address=address)
     for w in plan.warnings:

@@ -35,7 +35,7 @@ from msdn_tune.integrations.ray.storage import (
     is_uri,
     scan_working_dir,
 )
-from msdn_tune.space import load_space
+from msdn_tune.space import confirm_override, load_space
 
 # --- job submission (docs/search.md C2, S2) ------------------------------------------------------
 
@@ -199,7 +199,8 @@ class JobPlan:
 def _resume_submit(space_path: Path, name: str, *, address: str | None, storage: str,
                    uri: str | None, tracking: bool, working_dir: Path | None,
                    num_samples: int | None, max_concurrent: int | None, storage_shared: bool,
-                   pip: Sequence[str], excludes: Sequence[str]) -> str:
+                   pip: Sequence[str], excludes: Sequence[str],
+                   confirm: Sequence[tuple[str, int | None]] = ()) -> str:
     """The `submit` command that resumes this study from the submitting machine: the job's own
     `run` command names a copy of the space file in the job's temporary folder."""
     parts = ["msdn-tune", "submit", "--space", str(space_path)]
@@ -207,7 +208,7 @@ def _resume_submit(space_path: Path, name: str, *, address: str | None, storage:
         parts += ["--address", address]
     parts += ["--name", name, "--storage-path", storage]
     for flag, value in (("--num-samples", num_samples), ("--max-concurrent", max_concurrent),
-                        ("--tracking-uri", uri), ("--working-dir", working_dir)):
+                        *confirm, ("--tracking-uri", uri), ("--working-dir", working_dir)):
         if value is not None:
             parts += [flag, str(value)]
     if not tracking:
@@ -230,6 +231,8 @@ def plan_job(
     name: str | None = None,
     num_samples: int | None = None,
     max_concurrent: int | None = None,
+    confirm_top: int | None = None,
+    confirm_seeds: int | None = None,
     resume: bool = False,
     resume_if_exists: bool = False,
     storage_shared: bool = False,
@@ -245,9 +248,12 @@ def plan_job(
     installed unless `pip` installs it into the job's environment.
     """
     space_path = Path(space_file).resolve()
-    space = load_space(space_path).with_overrides(
-        num_samples=num_samples, max_concurrent_trials=max_concurrent, name=name
+    space = load_space(space_path)
+    space = space.with_overrides(
+        num_samples=num_samples, max_concurrent_trials=max_concurrent, name=name,
+        confirm=confirm_override(space.confirm, confirm_top, confirm_seeds)
     )
+    confirm = (("--confirm-top", confirm_top), ("--confirm-seeds", confirm_seeds))
     wd = Path(working_dir).resolve() if working_dir else project_root()
     if not wd.is_dir():
         raise ClusterError(f"--working-dir {wd}: not a directory")
@@ -288,6 +294,7 @@ def plan_job(
         ("--name", name),
         ("--num-samples", num_samples),
         ("--max-concurrent", max_concurrent),
+        *confirm,
         ("--tracking-uri", uri),
     ):
         if value is not None:
@@ -309,7 +316,8 @@ def plan_job(
                     space_path, space.name, address=address, storage=storage, uri=uri,
                     tracking=tracking, working_dir=wd if working_dir else None,
                     num_samples=num_samples, max_concurrent=max_concurrent,
-                    storage_shared=storage_shared, pip=pip, excludes=excludes)}
+                    storage_shared=storage_shared, pip=pip, excludes=excludes,
+                    confirm=confirm)}
     if uri:
         env_vars["MLFLOW_TRACKING_URI"] = uri
     for key in ("RAY_AUTH_MODE", "MLFLOW_DISABLE_TELEMETRY"):

@@ -342,6 +342,7 @@ def test_plan_job_builds_the_entrypoint_and_runtime_env(tmp_path, monkeypatch):
         storage_path="s3://bucket/studies",
         tracking_uri="http://head:5000",
         num_samples=5,
+        confirm_top=2,
         resume_if_exists=True,
         pip=["msdn-tune==0.1.0"],
         address="http://head:8265",
@@ -359,6 +360,8 @@ def test_plan_job_builds_the_entrypoint_and_runtime_env(tmp_path, monkeypatch):
         "s3://bucket/studies",
         "--num-samples",
         "5",
+        "--confirm-top",
+        "2",
         "--tracking-uri",
         "http://head:5000",
         "--resume-if-exists",
@@ -376,7 +379,7 @@ def test_plan_job_builds_the_entrypoint_and_runtime_env(tmp_path, monkeypatch):
     assert shlex.split(env["env_vars"]["MSDN_TUNE_RESUME_COMMAND"]) == [
         "msdn-tune", "submit", "--space", str(root / "spaces" / "plan.yaml"),
         "--address", "http://head:8265", "--name", "plan",
-        "--storage-path", "s3://bucket/studies", "--num-samples", "5",
+        "--storage-path", "s3://bucket/studies", "--num-samples", "5", "--confirm-top", "2",
         "--tracking-uri", "http://head:5000", "--working-dir", str(root),
         "--pip", "msdn-tune==0.1.0", "--resume"]
 
