@@ -546,9 +546,9 @@ def main() -> None:
             print(f"error: {out}: folder {out.parent} does not exist", file=sys.stderr)
             raise SystemExit(2)
     data = epochs = None
-    if args.smoke:
-        args.seeds, args.trials, data, epochs = args.seeds[:1], 3, "tiny", 3
     asha_trials = args.asha_trials or 6 * args.trials
+    if args.smoke:
+        args.seeds, args.trials, asha_trials, data, epochs = args.seeds[:1], 3, 6, "tiny", 3
 
     import ray
 
