@@ -324,12 +324,16 @@ class Confirmed:
 
 
 def top_configurations(rows: list[TrialRow], metric: str, mode: str, k: int) -> list[TrialRow]:
-    """The `k` best completed search trials by `metric`, best first: what a confirmation stage
-    re-runs. Only completed trials compete, as in :func:`best_trials`."""
+    """The `k` best completed search trials by `metric`, best first, one per distinct
+    configuration: what a confirmation stage re-runs. Only completed trials compete, as in
+    :func:`best_trials`."""
     done = [r for r in rows if r.status == "completed" and r.stage == SEARCH
             and _finite(r.metrics.get(metric))]
     done.sort(key=lambda r: r.metrics[metric], reverse=mode == "max")
-    return done[:k]
+    top: dict[str, TrialRow] = {}  # a configuration the sampler proposed twice is re-run once
+    for r in done:
+        top.setdefault(json.dumps(r.params, sort_keys=True, default=str), r)
+    return list(top.values())[:k]
 
 
 def confirmed_ranking(rows: list[TrialRow], metric: str, mode: str) -> list[Confirmed]:

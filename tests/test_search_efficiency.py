@@ -1,7 +1,7 @@
 """benchmarks/search_efficiency.py --smoke: searches, judges the recommendations, pools and plots.
 
 The full benchmark takes hours; the smoke mode runs the same code on the tiny preset (1 seed, 3
-epochs, 3 trials per search): about 90 s on the shared 2-core machine, so it is in the slow
+epochs, 6 trials per search): about 90 s on the shared 2-core machine, so it is in the slow
 tier. `--pool` then reports the saved records without training.
 """
 
@@ -31,10 +31,13 @@ def test_smoke_run_judges_every_method_at_every_budget_and_pools(tmp_path):
     (record,) = json.loads(out.read_text())["judged"]
     assert set(record["recs"]) == {"random", "tpe+asha", "tpe", "tpe+asha+confirm"}
     assert len(record["default"]) == 3 and all(0 <= h <= 1 for h in record["default"])
-    assert record["spent"]["random"] == record["budget"] == 9  # 3 trials x 3 epochs
+    assert record["spent"]["random"] == record["budget"] == 18  # 6 trials x 3 epochs
     # random search's full-budget recommendation exists: a completed trial, retrained 3 times
     full = record["recs"]["random"]["1.0000"]
     assert len(full["test"]) == 3 and full["params"]
+    # so does the confirmed one: its search stopped 1 x 2 x 3 trial-epochs early
+    assert record["confirm"] == [1, 2]
+    assert len(record["recs"]["tpe+asha+confirm"]["1.0000"]["test"]) == 3
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     assert "judged recommendations, seeds [0]" in res.stdout
     pooled = subprocess.run([sys.executable, str(SCRIPT), "--pool", str(out)],

@@ -16,7 +16,8 @@ from msdn_tune.trials import (
 
 
 def _row(trial_id, h, status="completed", stage="search", source=None, seed=None):
-    return TrialRow(trial_id=trial_id, status=status, params={"lr": 0.1}, metrics={"best/H": h},
+    lr = {"lucky": 0.1, "steady": 0.2, "short": 0.3}.get(source or trial_id, 0.4)
+    return TrialRow(trial_id=trial_id, status=status, params={"lr": lr}, metrics={"best/H": h},
                     epochs_run=4, epochs_total=4, error=None, checkpoint=None,
                     mlflow_run_id=None, stage=stage, source_trial_id=source, seed=seed)
 
@@ -62,6 +63,11 @@ def test_only_completed_search_trials_are_confirmed_best_first():
     top = top_configurations(_study(), "best/H", "max", 5)
     assert [r.trial_id for r in top] == ["lucky", "steady"]
     assert [r.trial_id for r in top_configurations(_study(), "best/H", "max", 1)] == ["lucky"]
+    # a configuration proposed twice is confirmed once, as its better trial
+    twice = [*_study(), _row("again", 0.58)]
+    twice[-1].params = dict(twice[0].params)
+    assert [r.trial_id for r in top_configurations(twice, "best/H", "max", 5)] == [
+        "lucky", "steady"]
 
 
 def test_fresh_seeds_follow_the_studys_seed_and_stay_in_range():

@@ -235,7 +235,8 @@ def space_show_cmd(file: str) -> None:
                    "recommend by the mean (overrides the file's confirm.top_k; 0: no "
                    "confirmation).")
 @click.option("--confirm-seeds", type=click.IntRange(1), metavar="N",
-              help="Fresh seeds per confirmed configuration (overrides confirm.seeds).")
+              help="Fresh seeds per confirmed configuration (overrides confirm.seeds; alone, "
+                   "it turns the stage on with the file's or the default top_k, 3).")
 def run_cmd(space_file: str, num_samples: int | None, max_concurrent: int | None,
             address: str | None, storage_path: str | None, name: str | None, resume: bool,
             warm_start: str | None, tracking_uri: str | None, no_tracking: bool,
@@ -284,7 +285,7 @@ def run_cmd(space_file: str, num_samples: int | None, max_concurrent: int | None
 def results_cmd(study: str, parquet_out: str | None, storage_path: str) -> None:
     """Print the trials of a study (settings, metrics, status, epochs)."""
     from msdn_tune.cli.display import confirmed_table, make_console, trials_rich_table
-    from msdn_tune.commands.results import study_best, study_trials
+    from msdn_tune.commands.results import study_trials
     from msdn_tune.trials import check_parquet_out, write_parquet
 
     if parquet_out is not None:
@@ -293,9 +294,8 @@ def results_cmd(study: str, parquet_out: str | None, storage_path: str) -> None:
     console = make_console()
     console.print(trials_rich_table(found.rows, f"{found.path.name}: {len(found.rows)} "
                                                 "trials (accuracies in %)"))
-    best = study_best(study, storage_path)
-    if best.confirmed:
-        console.print(confirmed_table(best.confirmed))
+    if found.confirmed:
+        console.print(confirmed_table(found.confirmed))
     if parquet_out:
         click.echo(f"wrote {write_parquet(found.rows, parquet_out)}")
 

@@ -9,8 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from msdn_tune.errors import MsdnTuneError
 from msdn_tune.integrations.ray.experiment import load_study_trials
-from msdn_tune.trials import Confirmed, TrialRow, recommendation, study_dir, study_space
+from msdn_tune.trials import (
+    CONFIRM,
+    Confirmed,
+    TrialRow,
+    recommendation,
+    study_dir,
+    study_space,
+)
 
 
 @dataclass(frozen=True)
@@ -19,6 +27,9 @@ class StudyTrials:
 
     path: Path
     rows: list[TrialRow]
+    confirmed: list[Confirmed] = field(default_factory=list)
+    """The confirmation stage's ranking, best mean first (empty without that stage, or when
+    the folder has no msdn-tune metadata to name the objective)."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +48,16 @@ def study_trials(study: str, storage_path: str) -> StudyTrials:
     """The trials of `study` (a folder, or a name under `storage_path`) with their status:
     its search trials, then its confirmation trials."""
     path = study_dir(study, storage_path)
-    return StudyTrials(path=path, rows=load_study_trials(path))
+    rows = load_study_trials(path)
+    confirmed: list[Confirmed] = []
+    if any(r.stage == CONFIRM for r in rows):
+        try:
+            space = study_space(path)[1]
+        except MsdnTuneError:  # a bare Tune folder: the trials, without a ranking
+            space = None
+        if space is not None:
+            _, confirmed = recommendation(rows, [(o.metric, o.mode) for o in space.objectives])
+    return StudyTrials(path=path, rows=rows, confirmed=confirmed)
 
 
 def study_best(study: str, storage_path: str) -> BestTrials:

@@ -58,6 +58,7 @@ from msdn_tune.safeload import shorten
 from msdn_tune.space import StudySpec
 from msdn_tune.train.config import TrainConfig
 from msdn_tune.trials import (
+    CONFIRM,
     CONFIRM_DIR,
     SEARCH,
     TRIALS_FILE,
@@ -133,7 +134,9 @@ def _remembered(meta: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     before = meta.get("options")
     if not isinstance(before, dict):
         return {}
-    return {k: before[k] for k in REMEMBERED if before.get(k) not in (None, False)
+    # confirm: False is `--confirm-top 0`, a choice to remember (elsewhere False is "not given")
+    return {k: before[k] for k in REMEMBERED
+            if (before.get(k) not in (None, False) or (k == "confirm" and k in before))
             and given.get(k) in (None, False)}
 
 
@@ -156,6 +159,8 @@ def resume_command(meta: dict[str, Any]) -> str:
     if isinstance(confirm, dict):
         parts += ["--confirm-top", str(confirm.get("top_k")),
                   "--confirm-seeds", str(confirm.get("seeds"))]
+    elif options.get("confirm") is False:  # run with --confirm-top 0 over a file that has one
+        parts += ["--confirm-top", "0"]
     parts += (["--tracking-uri", str(meta["tracking_uri"])] if meta.get("tracking_uri")
               else ["--no-tracking"])
     if options.get("address") not in (None, "", "local"):
@@ -201,6 +206,9 @@ def run_study(space: StudySpec, *, space_file: Path | None = None, address: str 
         kept = _remembered(meta, given)
         overrides = {k: kept[k] for k in ("num_samples", "max_concurrent_trials", "confirm")
                      if k in kept}
+        if meta.get("space") and "confirm" not in meta["space"] and space.confirm:
+            # a study started before msdn-tune had a confirmation stage resumes without one
+            overrides["confirm"] = kept["confirm"] = False
         space = space.with_overrides(**overrides)
         address = kept.get("address", address)
         storage_shared = storage_shared or bool(kept.get("storage_shared"))
@@ -255,7 +263,7 @@ def run_study(space: StudySpec, *, space_file: Path | None = None, address: str 
         if resume:
             # trials that ended while the store was away get their runs first; what is still
             # RUNNING after that belongs to trials this resume continues
-            reconcile_study(tracker, space, exp_dir, load_trials(exp_dir), console)
+            reconcile_study(tracker, space, exp_dir, load_study_trials(exp_dir), console)
             closed = tracker.close_stale_children()
             if closed:
                 console.print(f"closed {closed} trial run(s) left RUNNING as KILLED (their "
@@ -419,8 +427,28 @@ def _confirm(space: StudySpec, static: TrialStatic, store: Any, exp_dir: Path, *
                   f"({', '.join(sources)}), each retrained with seeds "
                   f"{', '.join(map(str, seeds))} → {exp_dir / CONFIRM_DIR}", soft_wrap=True)
     tuner = build_confirm_tuner(space, static, exp_dir=exp_dir, configs=configs,
-                                resume=restore, ray_storage=store.ray_storage())
+                                resume=restore,
+                                init_weights=_study_init(space, static.tracking_uri),
+                                ray_storage=store.ray_storage())
     return max(len(configs) - fit(tuner), 0)
+
+
+def _say_failed_confirmations(rows: list[TrialRow], confirmed: list[Any],
+                              console: Console) -> None:
+    """A confirmation trial that failed shrinks its configuration's mean to fewer seeds, and
+    with none completed there is no confirmed recommendation at all: said, never silent."""
+    failed = [r for r in rows if r.stage == CONFIRM and r.status == "failed"]
+    if not failed:
+        return
+    if not confirmed:
+        console.print(f"warning: all {len(failed)} confirmation trial(s) failed (see the table); "
+                      "the recommendation is the best search trial, unconfirmed",
+                      style="yellow", markup=False, soft_wrap=True)
+    else:
+        console.print(f"warning: {len(failed)} confirmation trial(s) failed "
+                      f"({', '.join(r.trial_id for r in failed)}): their configurations' means "
+                      "are over the seeds that completed (the `seeds` column)",
+                      style="yellow", markup=False, soft_wrap=True)
 
 
 def _conclude(space: StudySpec, store: Any, exp_dir: Path, finished: int,
@@ -435,6 +463,7 @@ def _conclude(space: StudySpec, store: Any, exp_dir: Path, finished: int,
     write_parquet(rows, exp_dir / TRIALS_FILE)
     objectives = [(o.metric, o.mode) for o in space.objectives]
     best, confirmed = recommendation(rows, objectives)
+    _say_failed_confirmations(rows, confirmed, console)
     store.fetch([b.checkpoint for b in best[:1] if b.checkpoint])
     outcome = StudyOutcome(path=exp_dir, complete=complete, rows=rows, best=best,
                            parent_run_id=parent, tracking_uri=uri, confirmed=confirmed)

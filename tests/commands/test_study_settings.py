@@ -6,10 +6,12 @@ starts and with nothing written."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
 import pytest
+from rich.console import Console
 
 from msdn_tune.commands.study import run_study
 from msdn_tune.errors import MsdnTuneError
@@ -312,3 +314,31 @@ def test_a_resume_takes_the_confirmation_stage_its_command_line_gave_from_the_st
     with pytest.raises(MsdnTuneError, match=r"confirm.top_k: 2 -> 1"):  # given: never overridden
         run_study(space.with_overrides(confirm={"top_k": 1, "seeds": 3}), resume=True,
                   given={"confirm": {"top_k": 1, "seeds": 3}})
+
+
+def test_a_study_run_with_confirm_top_0_resumes_without_the_files_confirmation(tmp_path):
+    """`run --confirm-top 0` over a file that confirms: the printed resume command and
+    `--resume` alone both keep it off, instead of being refused as a change."""
+    from msdn_tune.commands.study import resume_command
+
+    space = parse_space(small_doc(tmp_path, confirm={"top_k": 2, "seeds": 2}))
+    exp = tmp_path / "results" / "s"
+    exp.mkdir(parents=True)
+    meta = {"space": space.with_overrides(confirm=False).to_dict(),
+            "options": {"confirm": False}, "tracking_uri": None}
+    (exp / STUDY_FILE).write_text(json.dumps(meta))
+    with pytest.raises(MsdnTuneError, match="--resume: no study to resume at"):
+        run_study(space, resume=True)  # the settings check passed
+    assert "--confirm-top 0 " in resume_command({**meta, "name": "s", "storage_path": "/r"})
+
+
+def test_a_study_from_before_the_confirmation_stage_resumes_without_one(tmp_path):
+    space = parse_space(small_doc(tmp_path, confirm={}))
+    exp = tmp_path / "results" / "s"
+    exp.mkdir(parents=True)
+    old = {k: v for k, v in space.to_dict().items() if k != "confirm"}
+    (exp / STUDY_FILE).write_text(json.dumps({"space": old, "tracking_uri": None}))
+    shown = io.StringIO()
+    with pytest.raises(MsdnTuneError, match="--resume: no study to resume at"):
+        run_study(space, resume=True, console=Console(file=shown, width=300))
+    assert "resuming with the study's own confirm=False" in shown.getvalue()

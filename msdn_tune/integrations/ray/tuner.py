@@ -166,13 +166,15 @@ def build_tuner(space: StudySpec, static: Any, *, exp_dir: Path, resume: bool,
 
 def build_confirm_tuner(space: StudySpec, static: Any, *, exp_dir: Path,
                         configs: list[dict[str, Any]], resume: bool,
+                        init_weights: dict[str, Any] | None = None,
                         ray_storage: str | None = None) -> Any:
     """The Tuner of a study's confirmation stage (or the restored one for `resume`).
 
     `configs` are the trials' configs (`trainable.confirm_config`): Tune runs each once, as a
     grid, to the end (no scheduler, no searcher), `max_concurrent_trials` at a time, in
     `<study>/confirm`. The trials are ordinary trials of the study's trainable, so each has its
-    MLflow child run under the study's parent run and checkpoints to resume from.
+    MLflow child run under the study's parent run and checkpoints to resume from;
+    `init_weights` reach them as they reach the search's trials (`build_tuner`).
     """
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -181,7 +183,10 @@ def build_confirm_tuner(space: StudySpec, static: Any, *, exp_dir: Path,
     from msdn_tune.integrations.ray.trainable import CONFIRM_KEY, make_trainable
 
     resources = {k: v for k, v in space.resources.items() if v}
-    trainable = tune.with_resources(make_trainable(static), resources or {"cpu": 1})
+    fn = make_trainable(static)
+    if init_weights is not None:
+        fn = tune.with_parameters(fn, init_weights=init_weights)
+    trainable = tune.with_resources(fn, resources or {"cpu": 1})
     root = f"{ray_storage}/{space.name}" if ray_storage else str(exp_dir)
     if resume:
         return tune.Tuner.restore(f"{root}/{CONFIRM_DIR}", trainable=trainable,
