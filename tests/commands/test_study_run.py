@@ -363,7 +363,8 @@ def test_warm_start_from_the_mlflow_experiment_alone(ray_address, tmp_path):
 
 def test_every_trial_starts_from_the_model_fixed_init_names(tmp_path, ray_address):
     """`fixed: {init: ...}`: the driver reads the weights once and every trial starts from them
-    (lr 1e-12: after its one epoch a trial still holds them); the trials record the init."""
+    (lr 1e-12: after its one epoch a trial still holds them); the trials record the init. The
+    confirmation stage's trials too."""
     import torch
     from click.testing import CliRunner
 
@@ -381,11 +382,14 @@ def test_every_trial_starts_from_the_model_fixed_init_names(tmp_path, ray_addres
                                         "log": True}},
                    fixed={"dataset": "synthetic", "epochs": 1, "device": "cpu", "lr": 1e-12,
                           "init": str(run)})
-    res = _run(["run", "--space", str(space), "--address", ray_address, "--no-tracking"],
-               cwd=tmp_path, timeout=600)
+    res = _run(["run", "--space", str(space), "--address", ray_address, "--no-tracking",
+                "--confirm-top", "1", "--confirm-seeds", "1"], cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    ckpts = sorted((tmp_path / "results" / "from-init").glob("*/checkpoint_*/checkpoint.pt"))
-    assert len({p.parent.parent for p in ckpts}) == 2, ckpts
+    exp = tmp_path / "results" / "from-init"
+    ckpts = sorted([*exp.glob("*/checkpoint_*/checkpoint.pt"),
+                    *exp.glob("confirm/*/checkpoint_*/checkpoint.pt")])
+    assert len({p.parent.parent for p in ckpts}) == 3, ckpts  # 2 searched, 1 confirmed
+    assert "mean ± SD over 1 fresh seeds" in res.stdout
     for path in ckpts:
         state = torch.load(path, weights_only=True)
         assert state["config"]["init"] == str(run)
