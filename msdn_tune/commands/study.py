@@ -28,6 +28,7 @@ from typing import Any
 from rich.console import Console
 
 from msdn_tune import _startup
+from msdn_tune.commands.confirm import run_confirmation, say_failed_confirmations
 from msdn_tune.commands.wrapup import StudyOutcome, finish_tracking, reconcile_study
 from msdn_tune.data.resolve import open_benchmark, parse_preset, resolve_benchmark
 from msdn_tune.errors import MsdnTuneError
@@ -39,9 +40,8 @@ from msdn_tune.integrations.ray.experiment import (
     repair_lost_checkpoints,
 )
 from msdn_tune.integrations.ray.storage import check_cluster_storage, checked_storage
-from msdn_tune.integrations.ray.trainable import TrialStatic, confirm_config
+from msdn_tune.integrations.ray.trainable import TrialStatic
 from msdn_tune.integrations.ray.tuner import (
-    build_confirm_tuner,
     build_tuner,
     can_restore,
     fit,
@@ -58,17 +58,13 @@ from msdn_tune.safeload import shorten
 from msdn_tune.space import StudySpec
 from msdn_tune.train.config import TrainConfig
 from msdn_tune.trials import (
-    CONFIRM,
-    CONFIRM_DIR,
     SEARCH,
     TRIALS_FILE,
     TrialRow,
     check_path_text,
-    confirm_seeds,
     read_study_meta,
     recommendation,
     study_dir,
-    top_configurations,
     write_parquet,
     write_study_meta,
 )
@@ -339,8 +335,9 @@ def run_study(space: StudySpec, *, space_file: Path | None = None, address: str 
             finished = fit(tuner)
         confirm_left = 0
         if space.confirm and finished >= space.num_samples:
-            confirm_left = _confirm(run_space, static, store, exp_dir, resume=confirming,
-                                    console=console)
+            confirm_left = run_confirmation(
+                run_space, static, store, exp_dir, resume=confirming, console=console,
+                init_weights=_study_init(space, uri))
     except BaseException:
         if started:
             shutdown_ray()
@@ -388,69 +385,6 @@ def _warm_start_rows(warm_start: str, storage: Path, uri: str | None) -> list[Tr
     return [r for r in trial_rows_from_experiment(uri, warm_start) if r.stage == SEARCH]
 
 
-def _confirm(space: StudySpec, static: TrialStatic, store: Any, exp_dir: Path, *,
-             resume: bool, console: Console) -> int:
-    """Run (or resume) the confirmation stage: the search's best `top_k` completed
-    configurations, each retrained with `seeds` fresh seeds as ordinary trials of the study
-    (`<study>/confirm`). Returns how many of its trials did not end (0: the stage is done).
-
-    Which configurations and seeds are fixed once, in the study record, before any trial
-    starts: a resumed stage re-runs exactly those, whatever the search's table says by then.
-    """
-    meta = read_study_meta(exp_dir)
-    record = meta.get("confirm") or {}
-    configs = record.get("configs")
-    if not configs:
-        store.pull(space.name)
-        objective = space.objectives[0]
-        top = top_configurations(load_trials(exp_dir), objective.metric, objective.mode,
-                                 int(space.confirm["top_k"]))  # type: ignore[index]
-        if not top:
-            console.print("confirmation stage: no search trial completed, nothing to confirm")
-            return 0
-        study_seed = TrainConfig.from_dict(dict(space.fixed)).seed
-        seeds = confirm_seeds(study_seed, int(space.confirm["seeds"]))  # type: ignore[index]
-        configs = [confirm_config(r.trial_id, seed, {k: v for k, v in r.params.items()
-                                                     if v is not None})
-                   for r in top for seed in seeds]
-        record = {"configs": configs, "sources": [r.trial_id for r in top], "seeds": seeds}
-        write_study_meta(exp_dir, {**meta, "confirm": record})
-        store.push(space.name)
-        resume = False
-    path = store.ray_path(space.name) + "/" + CONFIRM_DIR
-    restore = resume and can_restore(path)
-    if restore and store.uri is None:
-        for line in repair_lost_checkpoints(exp_dir / CONFIRM_DIR):
-            console.print(line, markup=False, soft_wrap=True)
-    sources, seeds = record["sources"], record["seeds"]
-    console.print(f"confirmation stage: the best {len(sources)} configuration(s) of the search "
-                  f"({', '.join(sources)}), each retrained with seeds "
-                  f"{', '.join(map(str, seeds))} → {exp_dir / CONFIRM_DIR}", soft_wrap=True)
-    tuner = build_confirm_tuner(space, static, exp_dir=exp_dir, configs=configs,
-                                resume=restore,
-                                init_weights=_study_init(space, static.tracking_uri),
-                                ray_storage=store.ray_storage())
-    return max(len(configs) - fit(tuner), 0)
-
-
-def _say_failed_confirmations(rows: list[TrialRow], confirmed: list[Any],
-                              console: Console) -> None:
-    """A confirmation trial that failed shrinks its configuration's mean to fewer seeds, and
-    with none completed there is no confirmed recommendation at all: said, never silent."""
-    failed = [r for r in rows if r.stage == CONFIRM and r.status == "failed"]
-    if not failed:
-        return
-    if not confirmed:
-        console.print(f"warning: all {len(failed)} confirmation trial(s) failed (see the table); "
-                      "the recommendation is the best search trial, unconfirmed",
-                      style="yellow", markup=False, soft_wrap=True)
-    else:
-        console.print(f"warning: {len(failed)} confirmation trial(s) failed "
-                      f"({', '.join(r.trial_id for r in failed)}): their configurations' means "
-                      "are over the seeds that completed (the `seeds` column)",
-                      style="yellow", markup=False, soft_wrap=True)
-
-
 def _conclude(space: StudySpec, store: Any, exp_dir: Path, finished: int,
               parent: str | None, uri: str | None, tracker: Any, force_promote: bool,
               console: Console, t0: float, confirm_left: int = 0) -> StudyOutcome:
@@ -463,7 +397,7 @@ def _conclude(space: StudySpec, store: Any, exp_dir: Path, finished: int,
     write_parquet(rows, exp_dir / TRIALS_FILE)
     objectives = [(o.metric, o.mode) for o in space.objectives]
     best, confirmed = recommendation(rows, objectives)
-    _say_failed_confirmations(rows, confirmed, console)
+    say_failed_confirmations(rows, confirmed, console)
     store.fetch([b.checkpoint for b in best[:1] if b.checkpoint])
     outcome = StudyOutcome(path=exp_dir, complete=complete, rows=rows, best=best,
                            parent_run_id=parent, tracking_uri=uri, confirmed=confirmed)
