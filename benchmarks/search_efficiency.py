@@ -36,7 +36,7 @@ Usage: python benchmarks/search_efficiency.py [--trials N] [--asha-trials N] [--
                                               [--keep] [--json OUT] [--plot FILE]
        python benchmarks/search_efficiency.py --pool A.json B.json [--plot FILE]
        python benchmarks/search_efficiency.py --smoke   # tiny preset, 6 trials of 3 epochs
-(a seed takes roughly 20 minutes on 2 cores at the demo's 64 trials x 30 epochs.)
+(a seed took 10 to 16 minutes on 2 cores at the demo's 64 trials x 30 epochs.)
 """
 
 from __future__ import annotations
