@@ -318,6 +318,7 @@ def run_study(space: StudySpec, *, space_file: Path | None = None, address: str 
         static = TrialStatic(data_path=trial_data, fixed=dict(space.fixed), study=space.name,
                              tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent,
                              gpu_fraction=gpu if 0 < gpu < 1 else None)
+        init_weights = _study_init(space, uri)  # read once, for the search and confirmation
         confirming = resume and bool((meta.get("confirm") or {}).get("configs"))
         if confirming:  # the search ended before: its Tuner has nothing left to run
             finished = space.num_samples
@@ -326,7 +327,7 @@ def run_study(space: StudySpec, *, space_file: Path | None = None, address: str 
         else:
             tuner = build_tuner(run_space, static, exp_dir=exp_dir, resume=resume,
                                 warm_rows=warm_rows,
-                                init_weights=_study_init(space, uri),
+                                init_weights=init_weights,
                                 console=console, ray_storage=store.ray_storage(),
                                 wind_down=_startup.warm_wrapup_imports if tracker is not None
                                 else None)
@@ -337,7 +338,7 @@ def run_study(space: StudySpec, *, space_file: Path | None = None, address: str 
         if space.confirm and finished >= space.num_samples:
             confirm_left = run_confirmation(
                 run_space, static, store, exp_dir, resume=confirming, console=console,
-                init_weights=_study_init(space, uri))
+                init_weights=init_weights)
     except BaseException:
         if started:
             shutdown_ray()

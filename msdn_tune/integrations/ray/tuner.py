@@ -106,6 +106,20 @@ def asha_scheduler(space: StudySpec) -> Any:
         brackets=int(sch["brackets"]))
 
 
+def _trainable(space: StudySpec, static: Any, init_weights: dict[str, Any] | None) -> Any:
+    """The study's trainable with its resources, and the `init` weights (the tensors the space's
+    `init` names) sent through Ray's object store (`tune.with_parameters`), once."""
+    from ray import tune
+
+    from msdn_tune.integrations.ray.trainable import make_trainable
+
+    resources = {k: v for k, v in space.resources.items() if v}
+    fn = make_trainable(static)
+    if init_weights is not None:
+        fn = tune.with_parameters(fn, init_weights=init_weights)
+    return tune.with_resources(fn, resources or {"cpu": 1})
+
+
 def build_tuner(space: StudySpec, static: Any, *, exp_dir: Path, resume: bool,
                 warm_rows: list[TrialRow] | None, console: Console,
                 init_weights: dict[str, Any] | None = None,
@@ -126,13 +140,8 @@ def build_tuner(space: StudySpec, static: Any, *, exp_dir: Path, resume: bool,
     from msdn_tune.integrations.optuna import define_by_run, frozen_trials, make_sampler
     from msdn_tune.integrations.ray.progress import StudyProgress, WindDown
     from msdn_tune.integrations.ray.searcher import MsdnOptunaSearch
-    from msdn_tune.integrations.ray.trainable import make_trainable
 
-    resources = {k: v for k, v in space.resources.items() if v}
-    fn = make_trainable(static)
-    if init_weights is not None:
-        fn = tune.with_parameters(fn, init_weights=init_weights)
-    trainable = tune.with_resources(fn, resources or {"cpu": 1})
+    trainable = _trainable(space, static, init_weights)
     if resume:
         where = f"{ray_storage}/{space.name}" if ray_storage else str(exp_dir)
         return tune.Tuner.restore(where, trainable=trainable, resume_unfinished=True,
@@ -180,13 +189,9 @@ def build_confirm_tuner(space: StudySpec, static: Any, *, exp_dir: Path,
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from msdn_tune.integrations.ray.progress import StudyProgress
-    from msdn_tune.integrations.ray.trainable import CONFIRM_KEY, make_trainable
+    from msdn_tune.integrations.ray.trainable import CONFIRM_KEY
 
-    resources = {k: v for k, v in space.resources.items() if v}
-    fn = make_trainable(static)
-    if init_weights is not None:
-        fn = tune.with_parameters(fn, init_weights=init_weights)
-    trainable = tune.with_resources(fn, resources or {"cpu": 1})
+    trainable = _trainable(space, static, init_weights)
     root = f"{ray_storage}/{space.name}" if ray_storage else str(exp_dir)
     if resume:
         return tune.Tuner.restore(f"{root}/{CONFIRM_DIR}", trainable=trainable,
