@@ -251,6 +251,12 @@ def summarise(seeds: list[int], runs: list[dict[str, list[float]]]) -> None:
 
 METHODS = ("random", "tpe+asha", "tpe", "tpe+asha+confirm")
 """Searches compared; "default" (no search: the space's fixed recipe) is judged beside them."""
+VARIANTS: dict[str, dict[str, Any]] = {
+    # issue 15 point 3: changes to the shipped TPE+ASHA search, tried on tuning seeds (0-4)
+    "tpe+asha/meanH": {"objective": {"metric": "mean/H", "mode": "max"}},
+    "tpe+asha/mv": {"sampler": {"multivariate": True, "group": True, "constant_liar": True}},
+}
+"""TPE+ASHA with one change each (`--methods` runs them): what is merged into the demo's doc."""
 FRACTIONS = (1 / 4, 1 / 3, 1 / 2, 1.0)
 """Budgets, as fractions of random search's trial-epochs."""
 JUDGE_SEEDS = 3
@@ -259,8 +265,9 @@ CONFIRM_TOP, CONFIRM_SEEDS = 3, 3  # as the shipped CUB/SUN/AWA2/FLO spaces
 
 @dataclass
 class Trial:
-    """One search trial: its settings, its validation score, and when it ended (the index of
-    its last epoch among all the search's trial-epochs, in the order they finished)."""
+    """One search trial: its settings, its validation score (the study's objective, best/H
+    unless a variant changes it), and when it ended (the index of its last epoch among all the
+    search's trial-epochs, in the order they finished)."""
 
     trial_id: str
     params: dict
@@ -276,7 +283,7 @@ def search_space(method: str, seed: int, trials: int, root: Path, *, data: str |
     from msdn_tune.space import load_space, parse_space
 
     doc = load_space(DEMO).to_dict()
-    doc.update(name=f"{method.replace('+', '-')}-s{seed}", num_samples=trials,
+    doc.update(name=f"{method.replace('+', '-').replace('/', '.')}-s{seed}", num_samples=trials,
                storage_path=str(root))
     doc["fixed"] = {**doc["fixed"], "selection": "clean"}
     if data:
@@ -284,6 +291,9 @@ def search_space(method: str, seed: int, trials: int, root: Path, *, data: str |
     if epochs:
         doc["fixed"]["epochs"] = epochs
         doc["scheduler"] = {**doc["scheduler"], "grace_period": 1, "max_t": epochs}
+    method, _, variant = method.partition("/")
+    for key, change in VARIANTS.get(f"{method}/{variant}", {}).items():
+        doc[key] = {**doc[key], **change}
     if method.startswith("tpe"):
         doc["sampler"] = {**doc["sampler"], "seed": seed}
     else:
@@ -310,8 +320,9 @@ def run_search(space: Any) -> list[Trial]:
                        for r in csv.DictReader(f)]
     events.sort()
     ended = {t: i + 1 for i, (_, t, _) in enumerate(events)}  # last epoch's index wins
+    metric = space.objectives[0].metric  # what `msdn-tune best` ranks by
     return [Trial(r.trial_id, {k: v for k, v in r.params.items() if v is not None},
-                  float(r.metrics.get("best/H", 0.0)), r.status == "completed",
+                  float(r.metrics.get(metric, 0.0)), r.status == "completed",
                   ended.get(r.trial_id, len(events)))
             for r in out.rows]
 
@@ -369,23 +380,30 @@ def judge_seed(seed: int) -> list[int]:
 
 def judge_seed_run(seed: int, trials: int, asha_trials: int, root: Path, *,
                    data: str | None = None, epochs: int | None = None, workers: int = 2,
-                   confirm: tuple[int, int] = (CONFIRM_TOP, CONFIRM_SEEDS)) -> dict:
+                   confirm: tuple[int, int] = (CONFIRM_TOP, CONFIRM_SEEDS),
+                   methods: tuple[str, ...] = METHODS) -> dict:
     """One benchmark seed: every method's search, its recommendation at each budget retrained
-    with the judge's seeds and tested; the default recipe likewise. Returns a JSON record."""
-    spaces = {m: search_space(m.replace("+confirm", ""), seed,
-                              asha_trials if "asha" in m else trials, root, data=data,
+    with the judge's seeds and tested; the default recipe likewise. Returns a JSON record.
+    Without "random" among `methods`, the budget is its trial-epochs had no trial failed
+    (`trials` x epochs), so that `--pool` can pair the record with a run that had it."""
+    searched = [m for m in methods if m != "tpe+asha+confirm"]
+    if "tpe+asha+confirm" in methods and "tpe+asha" not in searched:
+        searched.append("tpe+asha")
+    spaces = {m: search_space(m, seed, asha_trials if "asha" in m else trials, root, data=data,
                               epochs=epochs)
-              for m in METHODS if m != "tpe+asha+confirm"}
+              for m in searched}
     searches: dict[str, list[Trial]] = {}
     for method, space in spaces.items():
         t0 = time.perf_counter()
         print(f"[seed {seed}] {method}: {space.num_samples} trials ...", flush=True)
         searches[method] = run_search(space)
         print(f"[seed {seed}] {method}: {time.perf_counter() - t0:.0f} s", flush=True)
-    searches["tpe+asha+confirm"] = searches["tpe+asha"]  # the same search, then confirmation
-    demo = spaces["random"]
+    if "tpe+asha+confirm" in methods:  # the same search, then confirmation
+        searches["tpe+asha+confirm"] = searches["tpe+asha"]
+    demo = next(iter(spaces.values()))
     n_epochs = int(demo.fixed["epochs"])
-    budget = max(t.ended_at for t in searches["random"])  # random's trial-epochs
+    budget = (max(t.ended_at for t in searches["random"]) if "random" in searches
+              else trials * n_epochs)  # random's trial-epochs
     retrain = Retrainer(demo.data, dict(demo.fixed), workers)
     seeds = judge_seed(seed)
     try:
@@ -397,7 +415,7 @@ def judge_seed_run(seed: int, trials: int, asha_trials: int, root: Path, *,
                                   "default": [r["test"] for r in retrain.run(
                                       [({}, s) for s in seeds])],
                                   "recs": {}}
-        for method in METHODS:
+        for method in methods:
             recs = {}
             for frac in FRACTIONS:
                 k = round(frac * budget)
@@ -440,10 +458,43 @@ def judged(record: dict, method: str, frac: float) -> float:
     return sum(tests) / len(tests)
 
 
+def merge_records(records: list[dict]) -> list[dict]:
+    """One record per benchmark seed: runs of the same seed with different `--methods` (same
+    judge seeds) pooled into one, so a variant run later pairs with the seed's random search."""
+    merged: dict[int, dict] = {}
+    for r in records:
+        have = merged.get(r["seed"])
+        if have is None:
+            merged[r["seed"]] = {**r, "recs": dict(r["recs"]), "spent": dict(r["spent"])}
+            continue
+        if have["judge_seeds"] != r["judge_seeds"] or have["budget"] != r["budget"]:
+            print(f"error: --pool: two records of seed {r['seed']} disagree on judge seeds or "
+                  f"budget ({have['judge_seeds']}, {have['budget']} vs {r['judge_seeds']}, "
+                  f"{r['budget']}): they are not runs of the same benchmark", file=sys.stderr)
+            raise SystemExit(2)
+        have["recs"].update(r["recs"])
+        have["spent"].update(r["spent"])
+    return [merged[s] for s in sorted(merged)]
+
+
+def methods_in(records: list[dict]) -> list[str]:
+    """Methods judged on every record, the reported ones first, then the variants."""
+    everywhere = {m for m in records[0]["recs"] if all(m in r["recs"] for r in records)}
+    order = [*METHODS, *VARIANTS]
+    return sorted(everywhere, key=lambda m: (order.index(m) if m in order else len(order), m))
+
+
 def summarise_judged(records: list[dict]) -> str:
     """The table over seeds: each method's judged recommendation per budget, paired
     differences to random search's full-budget recommendation, and the issue's targets."""
+    records = merge_records(records)
+    missing = [r["seed"] for r in records if "random" not in r["recs"]]
+    if missing:
+        return (f"no random search on seed(s) {missing} to pair with: pool their records with "
+                "a run that had it")
+    methods = methods_in(records)
     seeds = [r["seed"] for r in records]
+    partial = sorted({m for r in records for m in r["recs"]} - set(methods))
     lines = [f"\njudged recommendations, seeds {seeds}: the configuration each study recommends "
              f"after a share of random search's trial-epochs, retrained with {JUDGE_SEEDS} fresh "
              "seeds, test H (%), mean ± standard error over seeds"]
@@ -452,7 +503,7 @@ def summarise_judged(records: list[dict]) -> str:
     lines.append(f"  default recipe (no search): {dm:.2f} ± {ds:.2f}")
     ref = [judged(r, "random", 1.0) for r in records]
     lines.append(f"  {'method':<18}" + "".join(f"{f'{f:.2f}':>16}" for f in FRACTIONS))
-    for method in METHODS:
+    for method in methods:
         cells = []
         for f in FRACTIONS:
             m, e = mean_se([100 * judged(r, method, f) for r in records])
@@ -461,19 +512,19 @@ def summarise_judged(records: list[dict]) -> str:
     lines.append("  paired difference to random search's full-budget recommendation "
                  "(points of H, mean ± s.e.; wins = seeds where >= 0):")
     lines.append(f"  {'method':<18}" + "".join(f"{f'{f:.2f}':>22}" for f in FRACTIONS))
-    for method in METHODS:
+    for method in methods:
         cells = []
         for f in FRACTIONS:
             d = [100 * (judged(r, method, f) - x) for r, x in zip(records, ref, strict=True)]
             m, e = mean_se(d)
             cells.append(f"{m:+6.2f} ± {e:4.2f} {sum(v >= 0 for v in d):2d}/{len(d)}")
         lines.append(f"  {method:<18}" + "".join(f"{c:>22}" for c in cells))
-    empty = [f"{method} at {f:.2f} on {n} seed(s)" for method in METHODS for f in FRACTIONS
+    empty = [f"{method} at {f:.2f} on {n} seed(s)" for method in methods for f in FRACTIONS
              if (n := sum(r["recs"][method].get(f"{f:.4f}") is None for r in records))]
     if empty:
         lines.append("  no completed trial yet, so scored as the default recipe: "
                      + "; ".join(empty))
-    for method in ("tpe+asha", "tpe+asha+confirm"):
+    for method in [m for m in methods if m.startswith("tpe+asha")]:
         d = [100 * (judged(r, method, 1 / 3) - x) for r, x in zip(records, ref, strict=True)]
         m, e = mean_se(d)
         wins = sum(v >= 0 for v in d)
@@ -485,9 +536,13 @@ def summarise_judged(records: list[dict]) -> str:
                      f"15) and on the mean: {wins} of {len(d)} seeds, mean {m:+.2f} ± {e:.2f} "
                      f"({verdict})")
     for method, frac in (("random", 1.0), ("tpe+asha", 1 / 3)):
+        if method not in methods:
+            continue
         d = [100 * (judged(r, method, frac) - x) for r, x in zip(records, default, strict=True)]
         m, e = mean_se(d)
         lines.append(f"  {method} at {frac:.2f} minus the default recipe: {m:+.2f} ± {e:.2f}")
+    if partial:
+        lines.append(f"  left out, not judged on every seed pooled: {', '.join(partial)}")
     return "\n".join(lines)
 
 
@@ -498,8 +553,9 @@ def plot_judged(records: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    records = merge_records(records)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in METHODS:
+    for method in [m for m in methods_in(records) if m in METHODS]:
         points = [mean_se([100 * judged(r, method, f) for r in records]) for f in FRACTIONS]
         ys, es = [m for m, _ in points], [e for _, e in points]
         ax.errorbar(FRACTIONS, ys, yerr=es, marker="o", capsize=3, label=method)
@@ -527,6 +583,10 @@ def main() -> None:
                     help="trials of TPE+ASHA (default: 6 x --trials, about random search's "
                          "trial-epochs)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS),
+                    choices=[*METHODS, *VARIANTS],
+                    help="methods to run (default: the reported four); the TPE+ASHA variants "
+                         "are issue 15's tries, run on tuning seeds and pooled by seed")
     ap.add_argument("--keep", action="store_true", help="keep the study folders")
     ap.add_argument("--json", type=Path, help="save every seed's results to this file")
     ap.add_argument("--pool", type=Path, nargs="+",
@@ -567,7 +627,8 @@ def main() -> None:
     try:
         for seed in args.seeds:
             records.append(judge_seed_run(seed, args.trials, asha_trials, root / f"s{seed}",
-                                          data=data, epochs=epochs, confirm=confirm))
+                                          data=data, epochs=epochs, confirm=confirm,
+                                          methods=tuple(args.methods)))
             if args.json:
                 save_saved(args.json, records, sys.argv[1:])
     finally:

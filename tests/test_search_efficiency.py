@@ -2,7 +2,8 @@
 
 The full benchmark takes hours; the smoke mode runs the same code on the tiny preset (1 seed, 3
 epochs, 6 trials per search): about 90 s on the shared 2-core machine, so it is in the slow
-tier. `--pool` then reports the saved records without training.
+tier. `--pool` then reports the saved records without training; pooling records of one seed
+from separate runs is tested without training, in the fast tier.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "search_efficiency.py"
 
 
+@pytest.mark.slow
 def test_smoke_run_judges_every_method_at_every_budget_and_pools(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
     out = tmp_path / "r.json"
@@ -45,3 +45,37 @@ def test_smoke_run_judges_every_method_at_every_budget_and_pools(tmp_path):
     assert pooled.returncode == 0, pooled.stderr
     table = res.stdout[res.stdout.index("judged recommendations"):res.stdout.index("plot:")]
     assert table.strip() in pooled.stdout
+
+
+def _record(seed, recs, judge=None, budget=18):
+    return {"seed": seed, "budget": budget, "judge_seeds": judge or [seed], "confirm": [1, 2],
+            "spent": {m: budget for m in recs}, "default": [0.5],
+            "recs": {m: {f"{f:.4f}": {"trial": "t", "params": {}, "val": 0.9, "test": [v]}
+                         for f in (0.25, 1 / 3, 0.5, 1.0)} for m, v in recs.items()}}
+
+
+def test_pool_pairs_a_later_variant_run_with_the_same_seeds_random_search():
+    """A variant run on tuning seeds (`--methods tpe+asha/meanH`) has no random search of its
+    own: pooled, it pairs with the earlier run of the same seed, and mismatched runs are refused."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import search_efficiency as se
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    first = [_record(0, {"random": 0.6, "tpe+asha": 0.5}), _record(1, {"random": 0.7,
+                                                                         "tpe+asha": 0.8})]
+    later = [_record(0, {"tpe+asha/meanH": 0.65}), _record(1, {"tpe+asha/meanH": 0.75})]
+    merged = se.merge_records(first + later)
+    assert [r["seed"] for r in merged] == [0, 1]
+    assert se.methods_in(merged) == ["random", "tpe+asha", "tpe+asha/meanH"]
+    table = se.summarise_judged(first + later)
+    # paired with random at 1x: +5 on seed 0 and +5 on seed 1 for the variant
+    assert "tpe+asha/meanH" in table and "+5.00 ± 0.00  2/2" in table
+    # a method judged on only some seeds is named, not averaged over fewer seeds
+    assert "left out, not judged on every seed pooled: tpe+asha/meanH" in se.summarise_judged(
+        first + later[:1])
+    # the variant alone: nothing to pair with
+    assert "no random search on seed(s) [0, 1]" in se.summarise_judged(later)
+    with pytest.raises(SystemExit) as exc:
+        se.merge_records(first + [_record(0, {"tpe": 0.6}, judge=[99])])
+    assert exc.value.code == 2

@@ -35,6 +35,7 @@ from msdn_tune.space.options import (
     PARAM_TYPES,
     SAMPLER_OPTIONS,
     SCHEDULER_OPTIONS,
+    Confirm,
     Resources,
     Tracking,
 )
@@ -264,6 +265,8 @@ def _allowed_keys(section: Where, doc: Any) -> tuple[tuple[str, ...], str]:
         model, what = Resources, "option"
     elif head == ("tracking",):
         model, what = Tracking, "option"
+    elif head == ("confirm",):
+        model, what = Confirm, "option"
     return tuple(model.model_fields), what
 
 

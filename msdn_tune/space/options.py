@@ -30,6 +30,7 @@ OBJECTIVE_METRICS: tuple[str, ...] = (
     "best/zsl_acc",
     "best/U",
     "best/S",
+    "mean/H",
     "val/H",
     "val/zsl_acc",
     "val/U",
@@ -41,7 +42,7 @@ OBJECTIVE_METRICS: tuple[str, ...] = (
 """Metric names a study may optimise (ARCHITECTURE.md "Metric names"); all are accuracies."""
 
 EPOCH_METRICS: tuple[str, ...] = tuple(
-    m for m in OBJECTIVE_METRICS if m.startswith(("best/", "val/"))
+    m for m in OBJECTIVE_METRICS if m.startswith(("best/", "mean/", "val/"))
 )
 """Objective metrics reported every epoch, so early stopping can compare trials on them
 (`eval/*` and `test/*` arrive once, at the end of a trial)."""

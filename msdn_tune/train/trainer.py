@@ -354,7 +354,8 @@ class Trainer:
         # last finished epoch are the caller's checkpoint). On a CPU reading them costs nothing
         # and a divergence is caught at its step.
         lazy = self.device.type == "cuda"
-        labels = self._labels[torch.as_tensor(rows)].to(self.device)
+        # a copy: the split's rows are a read-only view of the store, which torch warns about
+        labels = self._labels[torch.tensor(rows, dtype=torch.long)].to(self.device)
         sums: dict[str, torch.Tensor] = {}
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         for step, pos in enumerate(batches, 1):
@@ -430,6 +431,7 @@ class Trainer:
         metrics.update({f"val/{k}": float(val[k]) for k in EVAL_METRICS})
         self._update_best(val, ev)
         metrics.update(self.best)
+        metrics["mean/H"] = self._mean_h(float(val["H"]))
         metrics["epoch"] = float(self.epoch)
         metrics["time/train_s"] = t1 - t0
         metrics["time/eval_s"] = time.perf_counter() - t1
@@ -459,9 +461,19 @@ class Trainer:
         if self.cfg.selection == "official":
             self.best["best/zsl_acc"] = max(self.best["best/zsl_acc"], val["zsl_acc"])
 
+    def _mean_h(self, latest: float | None = None) -> float:
+        """Mean selection-split H over the epochs run so far (`latest`: this epoch's, not yet in
+        the history). A steadier trial score than best/H, the maximum over noisy epochs, which
+        flatters configurations whose validation H jumps about; it also rewards learning fast."""
+        hs = [h["val/H"] for h in self.history if "val/H" in h]
+        if latest is not None:
+            hs.append(latest)
+        return sum(hs) / len(hs) if hs else 0.0
+
     def finish(self) -> dict[str, float]:
         """Final metrics: best-so-far, eval-only tuning of w1/gamma, and (clean) test once."""
         out = dict(self.best)
+        out["mean/H"] = self._mean_h()
         out["epoch"] = float(self.epoch)
         out["time/bf16"] = 1.0 if self.precision == "bf16" else 0.0
         if self.best_logits is not None:

@@ -205,6 +205,9 @@ def test_asha_watches_a_per_epoch_metric():
     doc["objective"] = {"metric": "val/zsl_acc", "mode": "min"}
     assert parse_space(doc).scheduler["metric"] == "val/zsl_acc"
     assert parse_space(doc).scheduler["mode"] == "min"
+    # mean/H (the mean validation H so far) is reported every epoch: ASHA compares on it
+    doc["objective"] = {"metric": "mean/H", "mode": "max"}
+    assert parse_space(doc).scheduler["metric"] == "mean/H"
 
 
 def test_n_startup_default_follows_concurrency():
@@ -323,6 +326,11 @@ ERRORS = [
         "unknown tracking key",
         _set("tracking.url", "x"),
         "tracking.url: unknown option (did you mean 'uri'?)",
+    ),
+    (
+        "unknown confirm key",
+        _set("confirm", {"top_k": 2, "seed": 3}),
+        "confirm.seed: unknown option (did you mean 'seeds'?); expected one of: top_k, seeds$",
     ),
     (
         "unknown objective key",

@@ -42,6 +42,13 @@ def test_short_run_learns_far_above_chance(tiny):
         assert key in trainer.history[-1] or key in final, key
     # The loss went down over training.
     assert trainer.history[-1]["train/loss"] < trainer.history[0]["train/loss"]
+    # mean/H, the steadier trial score: the running mean of val/H, never above best/H
+    hs = [m["val/H"] for m in trainer.history]
+    for i, m in enumerate(trainer.history):
+        assert m["mean/H"] == pytest.approx(sum(hs[:i + 1]) / (i + 1))
+        assert m["mean/H"] <= m["best/H"] + 1e-12
+    assert final["mean/H"] == pytest.approx(sum(hs) / len(hs))
+    assert min(hs) < max(hs)  # else the check above could not tell a mean from a maximum
 
 
 def test_resume_equals_uninterrupted(tiny, tmp_path):
