@@ -150,7 +150,11 @@ Param = Annotated[
 class ObjectiveDoc(Section):
     """One metric to optimise, and its direction."""
 
-    metric: Metric
+    metric: Metric = Field(
+        description="best/H: the best epoch's validation H (as MSDN reports); mean/H: the mean "
+        "over the trial's epochs, steadier against lucky epochs; val/*: the last epoch's; "
+        "eval/H_tuned and test/* arrive once, at the end."
+    )
     mode: Mode = "max"
 
 
