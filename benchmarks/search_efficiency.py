@@ -260,6 +260,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tpe+asha/grace8": {"scheduler": {"grace_period": 8, "reduction_factor": 3}},
 }
 """TPE+ASHA with one change each (`--methods` runs them): what is merged into the demo's doc."""
+VARIANT_TRIALS = {"tpe+asha/grace8": 0.5}
+"""Share of `--asha-trials` a variant runs: with rungs at 8 and 24 a trial costs at least 8
+epochs, so half as many trials still spend random search's trial-epochs (and no more than
+needed: only budgets up to 1x are judged)."""
 FRACTIONS = (1 / 4, 1 / 3, 1 / 2, 1.0)
 """Budgets, as fractions of random search's trial-epochs."""
 JUDGE_SEEDS = 3
@@ -392,8 +396,8 @@ def judge_seed_run(seed: int, trials: int, asha_trials: int, root: Path, *,
     searched = [m for m in methods if m != "tpe+asha+confirm"]
     if "tpe+asha+confirm" in methods and "tpe+asha" not in searched:
         searched.append("tpe+asha")
-    spaces = {m: search_space(m, seed, asha_trials if "asha" in m else trials, root, data=data,
-                              epochs=epochs)
+    spaces = {m: search_space(m, seed, max(1, round(asha_trials * VARIANT_TRIALS.get(m, 1.0)))
+                              if "asha" in m else trials, root, data=data, epochs=epochs)
               for m in searched}
     searches: dict[str, list[Trial]] = {}
     for method, space in spaces.items():
