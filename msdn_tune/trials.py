@@ -29,7 +29,7 @@ STUDY_FILE = "msdn_study.json"
 TRIALS_FILE = "trials.parquet"
 CONFIRM_DIR = "confirm"
 """The confirmation stage's own Tune experiment, a folder inside the study folder."""
-_METRIC_PREFIXES = ("train/", "val/", "best/", "test/", "eval/", "time/")
+_METRIC_PREFIXES = ("train/", "val/", "best/", "mean/", "test/", "eval/", "time/")
 SEARCH, CONFIRM = "search", "confirm"
 """A trial's stage: proposed by the search, or re-run by the confirmation stage."""
 

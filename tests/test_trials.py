@@ -81,3 +81,13 @@ def test_the_table_has_stage_for_every_row_and_seed_and_source_for_confirmation_
     c1 = next(r for r in table if r["trial_id"] == "c1")
     assert (c1["source_trial_id"], c1["seed"]) == ("lucky", 1)
     assert next(r for r in table if r["trial_id"] == "lucky")["seed"] is None
+
+
+def test_a_trials_row_keeps_every_metric_a_study_may_optimise():
+    """A study ranks its rows by its objective: a metric the rows dropped would leave `best`
+    with no best trial (mean/H was dropped when it was first added)."""
+    from msdn_tune.space import OBJECTIVE_METRICS
+    from msdn_tune.trials import result_metrics
+
+    reported = {m: 0.5 for m in OBJECTIVE_METRICS} | {"trial_id": "t", "done": False}
+    assert set(result_metrics(reported)) == set(OBJECTIVE_METRICS)
