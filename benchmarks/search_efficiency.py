@@ -32,8 +32,12 @@ wins), the targets, and the margin over the default recipe. `--plot FILE` saves 
 A.json B.json ...` (no training). Files of the earlier curve measure (format 1: best H reached,
 TPE+ASHA against random) still pool, and print that measure's summary.
 
+Seeds 0-4 are for tuning the search, 5-19 for reporting. `--methods` runs a subset, or one of
+the TPE+ASHA variants tried for issue 15 (VARIANTS below); `--pool` pairs records of the same seed
+from separate runs, so a variant run later is judged against that seed's random search.
+
 Usage: python benchmarks/search_efficiency.py [--trials N] [--asha-trials N] [--seeds 0 1 2]
-                                              [--keep] [--json OUT] [--plot FILE]
+                                              [--methods M ...] [--keep] [--json OUT] [--plot FILE]
        python benchmarks/search_efficiency.py --pool A.json B.json [--plot FILE]
        python benchmarks/search_efficiency.py --smoke   # tiny preset, 6 trials of 3 epochs
 (a seed took 10 to 16 minutes on 2 cores at the demo's 64 trials x 30 epochs.)
