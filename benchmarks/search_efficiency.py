@@ -302,9 +302,9 @@ def search_space(method: str, seed: int, trials: int, root: Path, *, data: str |
     if epochs:
         doc["fixed"]["epochs"] = epochs
         doc["scheduler"] = {**doc["scheduler"], "grace_period": 1, "max_t": epochs}
-    method, _, variant = method.partition("/")
-    for key, change in VARIANTS.get(f"{method}/{variant}", {}).items():
+    for key, change in VARIANTS.get(method, {}).items():
         doc[key] = {**doc[key], **change}
+    method = method.partition("/")[0]  # a variant searches as the method it changes
     if method.startswith("tpe"):
         doc["sampler"] = {**doc["sampler"], "seed": seed}
     else:
