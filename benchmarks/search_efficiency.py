@@ -546,6 +546,17 @@ def summarise_judged(records: list[dict]) -> str:
         lines.append(f"  target: {method} at 1/3 >= random at 1x on >= 80% of the seeds (12 of "
                      f"15) and on the mean: {wins} of {len(d)} seeds, mean {m:+.2f} ± {e:.2f} "
                      f"({verdict})")
+    variants = [m for m in methods if m in VARIANTS and "tpe+asha" in methods]
+    if variants:  # "keep what wins": each variant against the shipped search, per budget
+        lines.append("  paired difference to the shipped tpe+asha at the same budget (points of "
+                     "H, mean ± s.e.; wins = seeds where >= 0):")
+        for method in variants:
+            cells = []
+            for f in FRACTIONS:
+                d = [100 * (judged(r, method, f) - judged(r, "tpe+asha", f)) for r in records]
+                m, e = mean_se(d)
+                cells.append(f"{m:+6.2f} ± {e:4.2f} {sum(v >= 0 for v in d):2d}/{len(d)}")
+            lines.append(f"  {method:<18}" + "".join(f"{c:>22}" for c in cells))
     for method, frac in (("random", 1.0), ("tpe+asha", 1 / 3)):
         if method not in methods:
             continue
@@ -566,10 +577,11 @@ def plot_judged(records: list[dict], out: Path) -> None:
 
     records = merge_records(records)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in [m for m in methods_in(records) if m in METHODS]:
+    for method in methods_in(records):  # the variants (judged on every seed) dashed
         points = [mean_se([100 * judged(r, method, f) for r in records]) for f in FRACTIONS]
         ys, es = [m for m, _ in points], [e for _, e in points]
-        ax.errorbar(FRACTIONS, ys, yerr=es, marker="o", capsize=3, label=method)
+        ax.errorbar(FRACTIONS, ys, yerr=es, marker="o", capsize=3, label=method,
+                    linestyle="-" if method in METHODS else "--")
     dm, ds = mean_se([100 * sum(r["default"]) / len(r["default"]) for r in records])
     ax.axhline(dm, color="grey", linestyle="--", label=f"default recipe ({dm:.1f} ± {ds:.1f})")
     ax.set_xlabel("trial-epochs spent (fraction of random search's)")
