@@ -82,3 +82,24 @@ def test_pool_pairs_a_later_variant_run_with_the_same_seeds_random_search():
     with pytest.raises(SystemExit) as exc:
         se.merge_records(first + [_record(0, {"tpe": 0.6}, judge=[99])])
     assert exc.value.code == 2
+
+
+def test_the_baseline_is_pinned_and_the_shipped_demo_is_the_grace8_variant(tmp_path):
+    """The saved records judged "tpe+asha" with rungs at epochs 2 and 8 and 64 random trials;
+    the demo now ships the variant that beat it. The benchmark must keep running the baseline
+    (or its records stop being reproducible), and the variant must be what the demo ships."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import search_efficiency as se
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    from msdn_tune.space import load_space
+
+    base = se.search_space("tpe+asha", 5, 320, tmp_path)
+    assert (base.scheduler["grace_period"], base.scheduler["reduction_factor"]) == (2, 4)
+    grace8 = se.search_space("tpe+asha/grace8", 5, 160, tmp_path)
+    demo = load_space(se.DEMO)
+    for key in ("grace_period", "reduction_factor", "max_t"):
+        assert grace8.scheduler[key] == demo.scheduler[key], key
+    assert se.search_space("random", 5, se.RANDOM_TRIALS, tmp_path).scheduler["type"] == "none"
+    assert se.RANDOM_TRIALS * demo.fixed["epochs"] == 1920  # the saved records' budget
