@@ -16,6 +16,6 @@ def cache_root() -> Path:
     """The cache folder (not created here)."""
     root = os.environ.get("MSDN_TUNE_CACHE")
     if root:
-        return Path(root).expanduser()
+        return Path(os.path.expanduser(root))
     xdg = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(xdg).expanduser() / "msdn-tune"
+    return Path(os.path.expanduser(xdg)) / "msdn-tune"

@@ -139,7 +139,7 @@ def resolve_image_paths(
     ``strip`` forces a count. Every image must exist: DataError lists the first missing ones
     with their position in image_files (1-based, as in MATLAB).
     """
-    root = Path(root).expanduser().absolute()
+    root = Path(os.path.expanduser(root)).absolute()
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
     if not image_files:
@@ -413,7 +413,7 @@ def extract_features(
         "weights_sha256": winfo.sha256,
         "strip_components": strip,
     }
-    out = Path(out).expanduser().absolute()
+    out = Path(os.path.expanduser(out)).absolute()
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is a file; expected a folder for the feature parts")
     _check_out(out, force=force)
@@ -426,7 +426,7 @@ def extract_features(
             "version": FORMAT_VERSION,
             **identity,
             "identity": identity,
-            "images_root": str(Path(images).expanduser().absolute()),
+            "images_root": str(Path(os.path.expanduser(images)).absolute()),
             "res101": str(res.path),
             "weights": str(winfo.path),
             "preprocessing": (

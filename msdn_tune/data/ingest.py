@@ -513,17 +513,17 @@ def import_hdf5(
     registry unless ``allow_mismatch``.
     """
     info = get_dataset(dataset)
-    src_path = Path(path).expanduser().absolute()
+    src_path = Path(os.path.expanduser(path)).absolute()
     if not src_path.is_file():
         raise DataError(f"HDF5 file {src_path} does not exist")
-    out = Path(out).expanduser().absolute()
+    out = Path(os.path.expanduser(out)).absolute()
     source = Hdf5Features(src_path)
     try:
         small, notes = read_hdf5_small(src_path, source.n_images)
         n_attr = small.class_attributes.shape[1]
         if w2v is not None:
             small.attribute_vectors = load_word_vectors(w2v, n_attributes=n_attr)
-            notes["word_vectors"] = str(Path(w2v).expanduser().absolute())
+            notes["word_vectors"] = str(Path(os.path.expanduser(w2v)).absolute())
         att = None
         if att_splits is not None:
             att = read_att_splits(att_splits, source.n_images)
@@ -579,7 +579,7 @@ def import_mat(
     ``w2v``: attribute word vectors (.pkl or .npy, A x 300); none for FLO.
     """
     info = get_dataset(dataset)
-    out = Path(out).expanduser().absolute()
+    out = Path(os.path.expanduser(out)).absolute()
     res = read_res101(res101)
     att = read_att_splits(att_splits, res.n_images)
     n_cls = att.class_attributes.shape[0]
@@ -614,10 +614,10 @@ def import_mat(
         "files": {
             "att_splits": str(att.path),
             "res101": str(res.path),
-            "features": str(Path(features).expanduser().absolute()),
+            "features": str(Path(os.path.expanduser(features)).absolute()),
         },
         "attribute_key": att.attribute_key,
-        "word_vectors": None if w2v is None else str(Path(w2v).expanduser().absolute()),
+        "word_vectors": None if w2v is None else str(Path(os.path.expanduser(w2v)).absolute()),
     }
     options = ImportOptions(dtype, force, resume, chunk_rows, progress, rows_per_batch)
     label = f"import {info.name} from {Path(features).name}"

@@ -12,6 +12,7 @@ never downloaded: they are read from torchvision's cache
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,7 +119,7 @@ def find_weights(weights: str | Path | None = None) -> WeightsInfo:
 
     Nothing is downloaded: a missing file raises DataError saying where it is expected.
     """
-    path = Path(weights).expanduser() if weights is not None else default_weights_path()
+    path = Path(os.path.expanduser(weights)) if weights is not None else default_weights_path()
     if not path.is_file():
         if weights is not None:
             raise DataError(f"weights file {path} does not exist")

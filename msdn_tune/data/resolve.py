@@ -9,6 +9,7 @@ into place, and whoever loses a race simply uses the winner's store.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -74,7 +75,7 @@ def check_spec(spec: str | Path) -> Path:
     if long:
         raise DataError(f"benchmark {shorten(text)}: the name {shorten(long[0], 40)} is "
                         f"longer than the {NAME_MAX} bytes a file name may have")
-    return Path(text).expanduser()
+    return Path(os.path.expanduser(text))
 
 
 def _is_dir(path: Path) -> bool:
@@ -126,7 +127,7 @@ def resolve_benchmark(
         raise _unknown(spec)
     name, seed = preset
     get_spec(name)  # validates the preset
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    cache = Path(os.path.expanduser(cache_dir)) if cache_dir is not None else default_cache_dir()
     target = (cache / f"{name}-seed{seed}-v{FORMAT_VERSION}").absolute()
     if not target.exists():
         try:

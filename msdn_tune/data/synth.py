@@ -41,6 +41,7 @@ One concept: the synthetic benchmark's generative model, from the spec to the wr
 from __future__ import annotations
 
 import dataclasses
+import os
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -569,7 +570,7 @@ def generate(
     """
     bench = build_benchmark(preset, seed)
     spec = bench.spec
-    target = Path(out).expanduser().absolute()
+    target = Path(os.path.expanduser(out)).absolute()
     check_replace(target, what="benchmark store", files=(META_FILE, FEATURES_FILE, ARRAYS_FILE),
                   key_file=META_FILE, key_field="format_version", force=force,
                   error=StoreExistsError)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from msdn_tune.data.resolve import (
+    check_spec,
     default_cache_dir,
     open_benchmark,
     parse_preset,
@@ -123,3 +124,12 @@ def test_impossible_data_values_are_one_line(tmp_path, spec, needle):
         errors = [line for line in res.output.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and needle in errors[0] and len(errors[0]) < 300, res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_a_tilde_naming_no_user_stays_literal_and_is_a_clean_error():
+    """`--data ~0` (hypothesis found it): pathlib's expanduser raises RuntimeError for a user
+    that does not exist; the shell, and os.path.expanduser, leave the text as it is, so the
+    spec is an unknown benchmark (DataError, exit 2), not a traceback."""
+    assert str(check_spec("~0")) == "~0"
+    with pytest.raises(DataError, match="'~0' is neither an existing store directory"):
+        open_benchmark("~0")

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from msdn_tune.data.sources.base import FeatureSource, StoreFeatures
@@ -28,7 +29,7 @@ from msdn_tune.errors import DataError
 
 def open_features(path: str | Path) -> FeatureSource:
     """A feature source from a path: an ``extract`` output folder, a store, or an HDF5 file."""
-    p = Path(path).expanduser()
+    p = Path(os.path.expanduser(path))
     if p.is_dir():
         if (p / FEATURES_JSON).is_file():
             return FeatureDir.open(p)

@@ -15,6 +15,7 @@ The writer is :mod:`msdn_tune.data.extract`; the layout helpers here are shared 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ class FeatureDir:
     def open(cls, path: str | Path) -> FeatureDir:
         """Open a folder written by ``msdn-tune data extract``; DataError if it is incomplete."""
         self = object.__new__(cls)
-        self.path = Path(path).expanduser().absolute()
+        self.path = Path(os.path.expanduser(path)).absolute()
         meta = read_manifest(self.path / FEATURES_JSON)
         self.meta = meta
         try:

@@ -31,7 +31,7 @@ class Hdf5Features:
     """
 
     def __init__(self, path: str | Path, key: str = "feature_map") -> None:
-        self.path = Path(path).expanduser().absolute()
+        self.path = Path(os.path.expanduser(path)).absolute()
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -20,7 +21,7 @@ def load_word_vectors(path: str | Path, *, n_attributes: int | None = None) -> n
     the file for anything else, a non-2-D or non-finite array, or a row count other than
     ``n_attributes``.
     """
-    p = Path(path).expanduser()
+    p = Path(os.path.expanduser(path))
     if not p.is_file():
         raise DataError(f"word-vector file {p} does not exist")
     try:

@@ -7,6 +7,7 @@ C x A), so nothing downstream sees the MATLAB conventions.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from msdn_tune.errors import DataError
 def _loadmat(path: str | Path, names: list[str]) -> dict[str, Any]:
     """Read only ``names`` of a MATLAB v5 file (others, e.g. res101's 2048 x N features, are
     skipped on disk rather than loaded)."""
-    p = Path(path).expanduser()
+    p = Path(os.path.expanduser(path))
     if not p.is_file():
         raise DataError(f"{p} does not exist")
     try:
@@ -91,7 +92,7 @@ def read_res101(path: str | Path, *, need_images: bool = False) -> Res101:
             raise DataError(
                 f"{path}: {len(files)} image_files for {len(labels)} labels; expected one each"
             )
-    return Res101(Path(path).expanduser().absolute(), labels - 1, files)
+    return Res101(Path(os.path.expanduser(path)).absolute(), labels - 1, files)
 
 
 @dataclass
@@ -157,7 +158,7 @@ def read_att_splits(path: str | Path, n_images: int | None = None) -> AttSplits:
         locs.pop("train", None)
         locs.pop("val", None)
     return AttSplits(
-        path=Path(path).expanduser().absolute(),
+        path=Path(os.path.expanduser(path)).absolute(),
         class_attributes=np.ascontiguousarray(att.T, dtype=np.float32),
         attribute_key=key,
         locs=locs,

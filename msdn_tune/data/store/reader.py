@@ -233,7 +233,7 @@ class BenchmarkStore:
         self._mmap = None
         self._reader = None
         self.batch_views = []
-        self.path = Path(path).expanduser().absolute()
+        self.path = Path(os.path.expanduser(path)).absolute()
         if not self.path.is_dir():
             raise DataError(f"benchmark store {self.path} does not exist or is not a directory")
         self.resident_bytes = resident_bytes

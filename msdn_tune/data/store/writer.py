@@ -104,7 +104,7 @@ class StoreWriter:
         force: bool = False,
         rows_per_batch: int | None = None,
     ) -> None:
-        self.path = Path(path).expanduser().absolute()
+        self.path = Path(os.path.expanduser(path)).absolute()
         if str(dtype) not in DTYPES:
             raise DataError(f"store dtype {dtype!r} is not supported; expected one of {DTYPES}")
         for name, value in (("n_images", n_images), ("channels", channels), ("regions", regions)):

@@ -34,6 +34,7 @@ from ray._private.runtime_env.packaging import (
     _get_excludes,
 )
 
+from msdn_tune.cache import cache_root
 from msdn_tune.console import human_bytes
 from msdn_tune.errors import ClusterError, ConfigError
 from msdn_tune.safeload import shorten
@@ -237,13 +238,7 @@ def checked_storage(spec: str, what: str = "storage_path") -> StudyStorage:
 
 def default_mirror_root() -> Path:
     """Where the driver keeps its copy of studies stored under a URI."""
-    root = os.environ.get("MSDN_TUNE_CACHE")
-    base = (
-        Path(root).expanduser()
-        if root
-        else (Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "msdn-tune")
-    )
-    return base / "storage"
+    return cache_root() / "storage"
 
 
 @dataclass
